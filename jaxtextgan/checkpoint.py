@@ -1,0 +1,125 @@
+"""Orbax checkpoints of a training-state pytree plus JSON metadata (data position, config, tokenizer).
+
+A checkpoint that fails to restore is never deleted: it is moved to `<dir>/../corrupt_checkpoints/<step>` with a
+warning, and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import warnings
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxtextgan.errors import InputError
+
+
+def _arrays(state) -> dict[str, Any]:
+  """The checkpointed part of a TrainState-like object (its pytree fields, without static graphdef/tx)."""
+  if hasattr(state, "__dataclass_fields__"):
+    return {k: getattr(state, k) for k, f in state.__dataclass_fields__.items()
+            if f.metadata.get("pytree_node", True)}
+  return state
+
+
+class Checkpointer:
+  """Saves every `save_every` steps (and on demand), keeps the newest `keep` checkpoints."""
+
+  def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
+    self.directory = pathlib.Path(directory).absolute()
+    self.keep = keep
+    self._async = async_save
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
+                                           enable_async_checkpointing=self._async)
+    return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+  @property
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, meta: dict | None = None, *, force: bool = True) -> bool:
+    """Writes `state` (all processes must call) and JSON `meta` at `step`."""
+    if step in self._manager.all_steps():
+      return False
+    args = ocp.args.Composite(state=ocp.args.StandardSave(_arrays(state)),
+                              meta=ocp.args.JsonSave(meta or {}))
+    return self._manager.save(step, args=args, force=force)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def restore(self, step: int, target_state):
+    """(state, meta) at `step`; `target_state` supplies structure, shapes and shardings (e.g. the initial state)."""
+    target = jax.tree.map(_abstract, _arrays(target_state))
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                   meta=ocp.args.JsonRestore()))
+    arrays, meta = restored["state"], restored["meta"]
+    if hasattr(target_state, "replace"):
+      return target_state.replace(**arrays), meta
+    return arrays, meta
+
+  def restore_latest(self, target_state):
+    """(state, meta, step) from the newest checkpoint that restores, or None when there is none.
+
+    A checkpoint that fails is moved aside (kept for inspection) with a warning, then the previous one is tried.
+    """
+    for step in reversed(self.steps):
+      try:
+        state, meta = self.restore(step, target_state)
+        return state, meta, step
+      except Exception as err:  # any failure to read means this checkpoint is unusable
+        kept = self._set_aside(step)
+        warnings.warn(f"checkpoint {self.directory / str(step)} could not be restored "
+                      f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); it was moved to "
+                      f"{kept} and the previous checkpoint is used", stacklevel=2)
+    return None
+
+  def _set_aside(self, step: int) -> pathlib.Path:
+    src = self.directory / str(step)
+    dest_dir = self.directory.parent / "corrupt_checkpoints"
+    dest = dest_dir / str(step)
+    n = 1
+    while dest.exists():
+      dest = dest_dir / f"{step}.{n}"
+      n += 1
+    if jax.process_index() == 0:
+      dest_dir.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(src), str(dest))
+    self._manager.close()
+    self._manager = self._open()
+    return dest
+
+
+def _abstract(x):
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return x
+
+
+def read_meta(directory: str | pathlib.Path, step: int | None = None) -> tuple[dict, int]:
+  """JSON metadata of a checkpoint directory without restoring arrays: (meta, step)."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise InputError(f"checkpoint directory {directory} does not exist: point to a workdir's 'checkpoints' folder")
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+  if not steps:
+    raise InputError(f"no checkpoint in {directory}: train that stage first")
+  step = steps[-1] if step is None else step
+  path = directory / str(step) / "meta" / "metadata"
+  if not path.exists():
+    raise InputError(f"checkpoint {directory / str(step)} has no metadata: it is not a jaxtextgan checkpoint")
+  return json.loads(path.read_text()), step

@@ -1,0 +1,1 @@
+"""Data pipelines: text sources, tokenized language-model blocks and batching."""

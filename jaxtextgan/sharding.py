@@ -1,0 +1,121 @@
+"""Device mesh and logical-axis sharding rules.
+
+Parameters carry `logical_axes` metadata (see `models.layers.param`). One rules table maps each logical name to a
+mesh axis of `('data', 'fsdp', 'tensor')`; shardings of a whole training state are derived from its
+`jax.eval_shape` abstract value, never written out per array. A dimension that the mesh axis does not divide is
+replicated instead (for example GPT-2's vocabulary of 50,257 over 4 tensor shards).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axis (or tuple of axes, or None = replicated). FSDP shards the model width of every weight
+# (and so the optimizer state, which has the same shardings); tensor parallelism shards heads, the MLP hidden
+# dimension and the vocabulary; the batch is split over data and fsdp together.
+LOGICAL_RULES: dict[str, Any] = {
+  "batch": ("data", "fsdp"),
+  "embed": "fsdp",
+  "mlp": "tensor",
+  "heads": "tensor",
+  "vocab": "tensor",
+  "classes": None,
+  "head_dim": None,
+  "norm": None,
+  "layers": None,
+  "seq": None,
+  "latent": None,
+}
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data','fsdp','tensor') mesh with Auto axes; one -1 entry takes the remaining devices."""
+  devices = list(devices) if devices is not None else jax.devices()
+  shape = list(shape)
+  if len(shape) != 3:
+    raise ValueError(f"mesh shape {shape} must have 3 entries for {MESH_AXES}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {shape} may have at most one -1")
+  if -1 in shape:
+    rest = math.prod(s for s in shape if s != -1)
+    shape[shape.index(-1)] = len(devices) // rest
+  if math.prod(shape) != len(devices):
+    raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, but {len(devices)} are available")
+  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _axis_size(mesh: Mesh, axis) -> int:
+  if axis is None:
+    return 1
+  if isinstance(axis, tuple):
+    return math.prod(mesh.shape[a] for a in axis)
+  return mesh.shape[axis]
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules: Mapping[str, Any] = LOGICAL_RULES) -> P:
+  """PartitionSpec for one array; each mesh axis is used once and must divide its dimension."""
+  used: set[str] = set()
+  spec = []
+  for name, dim in zip(logical_axes, shape):
+    axis = rules.get(name) if name is not None else None
+    if name is not None and name not in rules:
+      raise KeyError(f"logical axis {name!r} has no sharding rule; add it to LOGICAL_RULES")
+    members = axis if isinstance(axis, tuple) else ((axis,) if axis else ())
+    members = tuple(a for a in members if a not in used and mesh.shape[a] > 1)
+    if members and dim % _axis_size(mesh, members) == 0:
+      used.update(members)
+      spec.append(members if len(members) > 1 else members[0])
+    else:
+      spec.append(None)
+  return P(*spec)
+
+
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def _leaf_sharding(x, mesh: Mesh, rules):
+  """A NamedSharding, boxed in the same nnx.Variable when x is one, so the result mirrors the input's structure."""
+  if not isinstance(x, nnx.Variable):
+    return NamedSharding(mesh, P())
+  axes = x.get_metadata().get("logical_axes")
+  shape = getattr(x.get_value(), "shape", ())
+  if axes is None or len(axes) != len(shape):
+    return x.replace(NamedSharding(mesh, P()))
+  return x.replace(NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules)))
+
+
+def state_shardings(abstract_tree, mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES):
+  """NamedShardings for a pytree from `jax.eval_shape`, with its structure; Variables' `logical_axes` decide."""
+  return jax.tree.map(lambda x: _leaf_sharding(x, mesh, rules), abstract_tree, is_leaf=_is_variable)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Batch-major arrays: the leading dimension over ('data','fsdp'), the rest replicated."""
+  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Places a host batch on the mesh. Each process passes its own rows of the global batch (multi-host)."""
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    sharding = batch_sharding(mesh, value.ndim)
+    if jax.process_count() == 1:
+      out[key] = jax.device_put(value, sharding)
+    else:
+      out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out

@@ -1,0 +1,102 @@
+"""Pieces every task's `run(config, workdir)` shares: workdir, mesh, tokenizer and LM data from the config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxtextgan import sharding as shd
+from jaxtextgan import tokenizers as tok
+from jaxtextgan import writers
+from jaxtextgan.data import lm as lm_data
+from jaxtextgan.errors import InputError
+from jaxtextgan.models import gpt2
+
+
+@dataclasses.dataclass
+class Run:
+  """What a task needs about where and how it runs."""
+  workdir: pathlib.Path
+  mesh: Any
+  writer: writers.MetricWriter
+  config: ml_collections.ConfigDict
+
+  @property
+  def is_main(self) -> bool:
+    return jax.process_index() == 0
+
+
+def start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run:
+  """Checks the workdir is writable, builds the mesh once and writes config.json."""
+  path = writers.ensure_workdir(workdir)
+  mesh = shd.make_mesh(tuple(config.mesh_shape))
+  if jax.process_index() == 0:
+    (path / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n", encoding="utf-8")
+  return Run(workdir=path, mesh=mesh, writer=writers.MetricWriter(path), config=config)
+
+
+def text_splits(data_cfg) -> dict:
+  """Raw text splits for `data.source` in {ptb, text, tfds}."""
+  source = data_cfg.source
+  if source == "ptb":
+    return lm_data.ptb_splits()
+  if source == "text":
+    return lm_data.text_file_splits(data_cfg.train_file, data_cfg.get("valid_file") or None,
+                                    data_cfg.get("test_file") or None)
+  if source == "tfds":
+    return lm_data.tfds_splits(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.get("text_key", "text"))
+  raise InputError(f"data.source={source!r} is unknown: use 'ptb', 'text' or 'tfds'")
+
+
+def tokenizer_for(run_dir: pathlib.Path, spec: str, train_text, vocab_size: int | None = None) -> tok.Tokenizer:
+  """The workdir's saved tokenizer when resuming, else a new one from `spec`, saved to <workdir>/tokenizer."""
+  saved = run_dir / "tokenizer"
+  if saved.is_dir():
+    tokenizer = tok.load_tokenizer(saved)
+    return tokenizer
+  tokenizer = tok.build_tokenizer(spec, corpus_text=train_text, vocab_size=vocab_size)
+  if jax.process_index() == 0:
+    tokenizer.save(saved)
+  return tokenizer
+
+
+def lm_blocks(run: Run, data_cfg, tokenizer: tok.Tokenizer, splits=None) -> dict[str, lm_data.LMBlocks]:
+  splits = text_splits(data_cfg) if splits is None else splits
+  return lm_data.lm_blocks(splits, tokenizer, data_cfg.seq_len, cache_dir=run.workdir / "cache")
+
+
+def model_config(model_cfg, vocab_size: int) -> gpt2.GPT2Config:
+  """GPT2Config from the config's `model` block; vocab_size 0 means 'from the tokenizer'."""
+  fields = dict(model_cfg)
+  if not fields.get("vocab_size"):
+    fields["vocab_size"] = vocab_size
+  try:
+    return gpt2.GPT2Config(**fields)
+  except (TypeError, ValueError) as err:
+    raise InputError(f"model config is invalid: {err}") from None
+
+
+def check_seq_len(seq_len: int, model_cfg: gpt2.GPT2Config) -> None:
+  if seq_len > model_cfg.max_len:
+    raise InputError(f"data.seq_len={seq_len} is longer than model.max_len={model_cfg.max_len}: "
+                     "lower data.seq_len or raise model.max_len")
+
+
+def check_same_model(meta: dict, model_cfg: gpt2.GPT2Config, workdir: pathlib.Path) -> None:
+  """A resumed checkpoint must come from the same architecture."""
+  saved = meta.get("model")
+  if saved is not None and saved != dataclasses.asdict(model_cfg):
+    diff = sorted(k for k in set(saved) | set(dataclasses.asdict(model_cfg))
+                  if saved.get(k) != dataclasses.asdict(model_cfg).get(k))
+    raise InputError(f"workdir {workdir} holds a checkpoint of another model (differs in {', '.join(diff)}): "
+                     "use a new --workdir or the config it was trained with")
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,114 @@
+"""Training-state plumbing shared by every objective.
+
+A `TrainState` is one pytree (step, params, opt_state) plus static fields (the model's graphdef and the optax
+transformation) that never enter a checkpoint. Shardings come from `jax.eval_shape` of the initialiser plus the
+logical-axis rules, and the state is created directly in its sharded layout by a jitted initialiser.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from jaxtextgan import sharding as shd
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  graphdef: Any = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  def model(self, params=None) -> nnx.Module:
+    """The module with these (or the given) parameters; call inside jitted code."""
+    return nnx.merge(self.graphdef, self.params if params is None else params)
+
+  def apply_gradients(self, grads) -> "TrainState":
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state)
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int, end_fraction: float = 0.1,
+                           kind: str = "cosine") -> optax.Schedule:
+  """Linear warmup to `peak`, then cosine (or linear) decay to `end_fraction * peak` at `total_steps`."""
+  warmup_steps = max(0, min(warmup_steps, total_steps - 1))
+  decay_steps = max(1, total_steps - warmup_steps)
+  if kind == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end_fraction)
+  elif kind == "linear":
+    decay = optax.linear_schedule(peak, peak * end_fraction, decay_steps)
+  elif kind == "constant":
+    decay = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"unknown schedule {kind!r}: use cosine, linear or constant")
+  if warmup_steps == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup_steps), decay], [warmup_steps])
+
+
+def make_optimizer(opt_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with global-norm clipping and warmup + decay; `opt_cfg` is a ConfigDict or mapping."""
+  get = opt_cfg.get if hasattr(opt_cfg, "get") else (lambda k, d=None: getattr(opt_cfg, k, d))
+  schedule = learning_rate_schedule(get("lr"), get("total_steps"), get("warmup_steps", 0),
+                                    get("end_lr_fraction", 0.1), get("schedule", "cosine"))
+  chain = []
+  if get("grad_clip_norm", 0.0):
+    chain.append(optax.clip_by_global_norm(get("grad_clip_norm")))
+  chain.append(optax.adamw(schedule, b1=get("b1", 0.9), b2=get("b2", 0.999), eps=get("eps", 1e-8),
+                           weight_decay=get("weight_decay", 0.0), mask=_layer_aware_decay_mask))
+  return optax.chain(*chain), schedule
+
+
+def _layer_aware_decay_mask(params):
+  """Decay weight matrices only, as in GPT-2 practice; names, not ndim, decide, since stacked layers add an axis."""
+  def decays(path, x):
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    return not any(n in ("bias", "scale", "content_bias", "position_bias", "out_bias") for n in names) and x.ndim >= 2
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def init_sharded_state(make_state: Callable[[jax.Array], TrainState], rng: jax.Array, mesh: Mesh):
+  """Builds the state inside `jit` so each array is created directly with its derived sharding.
+
+  Returns (state, state_shardings). `make_state(rng)` must be a pure function of the key.
+  """
+  abstract = jax.eval_shape(make_state, rng)
+  shardings = shd.state_shardings(abstract, mesh)
+  state = jax.jit(make_state, out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def abstract_state(make_state: Callable[[jax.Array], TrainState], rng: jax.Array, mesh: Mesh):
+  """(abstract state with shardings attached, shardings): the target of a sharded checkpoint restore."""
+  abstract = jax.eval_shape(make_state, rng)
+  shardings = shd.state_shardings(abstract, mesh)
+  with_shardings = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return with_shardings, shardings
+
+
+def tree_l2_norm(tree) -> jax.Array:
+  return optax.global_norm(tree)
+
+
+def step_rng(rng: jax.Array, step: jax.Array) -> jax.Array:
+  """The per-step key: fold_in(rng, step), so a resumed run draws exactly the keys of an uninterrupted one."""
+  return jax.random.fold_in(rng, step)
+
+
+def cast_floating(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def jit_train_step(step_fn, mesh: Mesh, state_shardings, batch_shardings, *, donate: bool = True):
+  """jit with explicit in/out shardings: (state, batch, rng) -> (state, metrics), donating the old state."""
+  rep = NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, rep),
+                 out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())

@@ -1,0 +1,30 @@
+"""Test set-up: 8 fake CPU devices, and access to ../shared."""
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+# Must run before any backend is initialised, so sharded tests can build 8-device meshes.
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_platforms", "cpu")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("JAXTEXTGAN_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> pathlib.Path:
+  """Path under ../shared; skips the test when absent, fails when CI=true."""
+  path = SHARED.joinpath(*parts)
+  if not path.exists():
+    reason = f"{path} is absent: it comes from the project's shared/ folder beside the repository"
+    if os.environ.get("CI") == "true":
+      pytest.fail(reason)
+    pytest.skip(reason)
+  return path
+
+
+@pytest.fixture
+def shared():
+  return shared_path
