@@ -1,6 +1,7 @@
 """GPT-2 LM pre-training on Penn Treebank (word level), sized to finish on a 2-core CPU in under 10 minutes.
 
 python -m jaxtextgan.main --config=configs/lm.py --workdir=workdirs/lm
+A preset replaces the model block: --config=configs/lm.py:gpt2_24l (see jaxtextgan.models.gpt2.PRESETS).
 """
 
 import ml_collections
@@ -16,7 +17,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.objective = "lm"
   c.seed = 0
@@ -27,11 +28,15 @@ def get_config() -> ml_collections.ConfigDict:
     seq_len=64, batch_size=32))
   c.tokenizer = ml_collections.ConfigDict(dict(spec="word", vocab_size=0))
   # vocab_size 0: taken from the tokenizer.
-  c.model = model_config(vocab_size=0, n_layer=2, d_model=256, n_head=4, d_ff=1024, max_len=128, dropout=0.1)
+  if preset:
+    from jaxtextgan.models.gpt2 import PRESETS
+    c.model = model_config(vocab_size=0, **PRESETS[preset])
+  else:
+    c.model = model_config(vocab_size=0, n_layer=2, d_model=256, n_head=4, d_ff=1024, max_len=128, dropout=0.1)
   c.optimizer = ml_collections.ConfigDict(dict(
-    lr=3e-3, total_steps=1500, warmup_steps=100, end_lr_fraction=0.05, schedule="cosine", b1=0.9, b2=0.98,
+    lr=3e-3, total_steps=800, warmup_steps=100, end_lr_fraction=0.05, schedule="cosine", b1=0.9, b2=0.98,
     eps=1e-8, weight_decay=0.1, grad_clip_norm=1.0))
-  c.train = ml_collections.ConfigDict(dict(steps=1500, log_every=50, eval_every=500, checkpoint_every=500,
+  c.train = ml_collections.ConfigDict(dict(steps=800, log_every=50, eval_every=400, checkpoint_every=400,
                                            keep_checkpoints=2))
   c.optimizer.total_steps = c.train.get_ref("steps")
   c.eval = ml_collections.ConfigDict(dict(batch_size=64))

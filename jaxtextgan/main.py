@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.util
+import pathlib
 import sys
 
 from absl import app, flags
@@ -27,14 +30,23 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdir
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Lower and compile the train step; print parameters, FLOPs and "
+                             "per-device memory; do not train.")
 
 
 def _init_distributed() -> None:
-  """Joins a multi-process run: explicit flags, or auto-detection on Cloud TPU / SLURM."""
+  """Joins a multi-process run: explicit flags, or JAX's auto-detection on a Cloud TPU pod slice or SLURM job."""
+  import os
   import jax
   if _COORDINATOR.value:
+    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+      raise InputError("--coordinator_address needs --num_processes and --process_id as well")
+    # CPU-only multi-process runs (tests, laptops) need a collectives backend; accelerators ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+  elif len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
 
 
 def main(argv) -> None:
@@ -47,13 +59,51 @@ def main(argv) -> None:
   if objective not in TASKS:
     raise InputError(f"config.objective={objective!r} is unknown: use one of {', '.join(TASKS)}")
   _init_distributed()
+  task = importlib.import_module(TASKS[objective])
+  if _DRY_RUN.value:
+    if not hasattr(task, "dry_run"):
+      raise InputError(f"--dry_run is not available for objective {objective!r}")
+    task.dry_run(config)
+    return
   workdir = _WORKDIR.value or f"workdirs/{objective}"
-  importlib.import_module(TASKS[objective]).run(config, workdir)
+  task.run(config, workdir)
+
+
+def _load_config_file(spec: str):
+  path = pathlib.Path(spec.split(":", 1)[0])
+  module_spec = importlib.util.spec_from_file_location(f"_jaxtextgan_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(*spec.split(":", 1)[1:])
+
+
+def check_overrides(argv) -> None:
+  """Rejects a mistyped `--config.a.b=value` with one line naming the key and the closest existing one."""
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if config_arg is None:
+    return
+  path = pathlib.Path(config_arg.split(":", 1)[0])
+  if not path.is_file():
+    raise InputError(f"config file {path} does not exist: pass e.g. --config=configs/gan.py")
+  if not overrides:
+    return
+  config = _load_config_file(config_arg)
+  for dotted in overrides:
+    node, walked = config, []
+    for key in dotted.split("."):
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f"did you mean {'.'.join(walked + close)!r}?" if close else f"valid keys here: {', '.join(keys)}"
+        raise InputError(f"unknown config key {dotted!r} in --config.{dotted}: {hint}")
+      node, walked = node[key], walked + [key]
 
 
 def run() -> None:
   """Entry point: user errors become one `error:` line and exit status 2."""
   try:
+    check_overrides(sys.argv[1:])
     app.run(main)
   except InputError as err:
     print(f"error: {err}", file=sys.stderr)

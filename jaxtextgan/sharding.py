@@ -119,3 +119,19 @@ def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
     else:
       out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+def put_replicated(value: np.ndarray, mesh: Mesh) -> jax.Array:
+  """The same host value on every device of the mesh (every process passes the same value)."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(value, sharding)
+  return jax.make_array_from_process_local_data(sharding, np.asarray(value))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A NumPy copy of a global array on every process (gathers when it is not fully replicated)."""
+  if jax.process_count() == 1 or x.is_fully_replicated:
+    return np.asarray(x.addressable_shards[0].data) if jax.process_count() > 1 else np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -95,7 +95,7 @@ def abstract_state(make_state: Callable[[jax.Array], TrainState], rng: jax.Array
 
 
 def tree_l2_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def step_rng(rng: jax.Array, step: jax.Array) -> jax.Array:

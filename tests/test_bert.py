@@ -39,10 +39,21 @@ def minilm():
   return model, tokenizer, cfg
 
 
-def _tiny_config(**kw) -> bert.BertConfig:
-  base = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-              max_position_embeddings=40, type_vocab_size=2)
-  return bert.BertConfig(**{**base, **kw})
+@pytest.fixture(scope="module")
+def tiny():
+  """A small random encoder, built once: eager initialisation compiles one program per parameter shape."""
+  cfg = bert.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=40, type_vocab_size=2,
+                        hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+  return bert.BertEncoder(cfg, rngs=nnx.Rngs(0))
+
+
+def _with_config(model: bert.BertEncoder, **changes) -> bert.BertEncoder:
+  """The same parameters under a changed config."""
+  cfg = model.cfg.replace(**changes)
+  other = nnx.eval_shape(lambda: bert.BertEncoder(cfg, rngs=nnx.Rngs(0)))
+  nnx.update(other, nnx.state(model))
+  return other
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -140,14 +151,22 @@ def test_minilm_parity_with_transformers(minilm):
 def test_random_bert_checkpoint_parity(tmp_path, head):
   """bert-base style files: `bert.` prefix, task heads (cls.*) to ignore; BertForMaskedLM has no pooler."""
   torch, transformers = _torch()
-  words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(45)] + ["##s", "the", "cat"]
+  words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(43)] + ["##s", "the", "cat",
+                                                                                    "The", "Cat"]
   hf_cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    intermediate_size=48, max_position_embeddings=40, type_vocab_size=3)
   torch.manual_seed(0)
   hf = getattr(transformers, head)(hf_cfg).eval()
   hf.save_pretrained(tmp_path)
   (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+  cased = head == "BertForMaskedLM"
+  if cased:  # tokenizer_config.json decides the casing, as for bert-base-cased
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "model_max_length": 16}))
   model, tokenizer, cfg = bert.load_bert(tmp_path)
+  assert tokenizer.lowercase == (not cased) and tokenizer.max_len == (16 if cased else 40)
+  reference = transformers.BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=not cased)
+  for text in ("The cats", "the Cat w1", "THE CAT"):
+    assert tokenizer.tokenize(text) == reference.tokenize(text), text
   assert cfg.pooler == (head == "BertForPreTraining") and cfg.type_vocab_size == 3
   ids, mask = tokenizer.encode_batch(["the cats w3", "w1 w2 w3 w4 w5 w6", "cat"], 10)
   assert tokenizer.tokenize("cats") == ["cat", "##s"]
@@ -167,9 +186,8 @@ def test_random_bert_checkpoint_parity(tmp_path, head):
     assert np.array_equal(model.sentence_vector(jnp.asarray(hidden), mask), hidden[:, 0])
 
 
-def test_shapes_axes_and_soft_tokens():
-  cfg = _tiny_config()
-  model = bert.BertEncoder(cfg, rngs=nnx.Rngs(0))
+def test_shapes_axes_and_soft_tokens(tiny):
+  model, cfg = tiny, tiny.cfg
   ids = jax.random.randint(jax.random.key(1), (3, 7), 0, cfg.vocab_size)
   mask = jnp.ones((3, 7), jnp.int32).at[1, 4:].set(0)
   hidden = _forward(model, ids, mask)
@@ -191,9 +209,8 @@ def test_shapes_axes_and_soft_tokens():
     model.sentence_vector(hidden, mask, "max")
 
 
-def test_dropout_key():
-  cfg = _tiny_config(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
-  model = bert.BertEncoder(cfg, rngs=nnx.Rngs(0))
+def test_dropout_key(tiny):
+  model, cfg = tiny, tiny.cfg
   ids = jax.random.randint(jax.random.key(1), (2, 6), 0, cfg.vocab_size)
   mask = jnp.ones((2, 6), jnp.int32)
   a, b = _forward(model, ids, mask), _forward(model, ids, mask)
@@ -204,19 +221,18 @@ def test_dropout_key():
   assert np.abs(np.asarray(_forward(model, ids, mask, key=jax.random.key(4))) - np.asarray(k1)).max() > 1e-3
 
 
-def test_remat_matches_and_differentiates():
-  cfg = _tiny_config()
-  plain = bert.BertEncoder(cfg, rngs=nnx.Rngs(0))
-  remat = bert.BertEncoder(cfg.replace(remat=True), rngs=nnx.Rngs(0))
+def test_remat_matches_and_differentiates(tiny):
+  cfg, plain, remat = tiny.cfg, tiny, _with_config(tiny, remat=True)
   ids = jax.random.randint(jax.random.key(1), (2, 6), 0, cfg.vocab_size)
   mask = jnp.ones((2, 6), jnp.int32).at[0, 3:].set(0)
 
-  def loss(model, key):
+  def loss(model):
     graphdef, params = nnx.split(model, nnx.Param)
-    f = lambda p: jnp.sum(nnx.merge(graphdef, p).encode(ids, mask, pooling="pooler", dropout_key=key) ** 2)
+    f = lambda p: jnp.sum(nnx.merge(graphdef, p).encode(ids, mask, pooling="pooler") ** 2)
     return jax.jit(jax.value_and_grad(f))(params)
 
-  (l1, g1), (l2, g2) = loss(plain, jax.random.key(0)), loss(remat, jax.random.key(0))
+  # Without a dropout key: the random-bit kernels would only add compile time here.
+  (l1, g1), (l2, g2) = loss(plain), loss(remat)
   assert abs(float(l1) - float(l2)) < 1e-5
   for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(x, y, atol=1e-5)
@@ -225,18 +241,21 @@ def test_remat_matches_and_differentiates():
 
 def test_bf16_forward_close_to_fp32(minilm):
   model32, tokenizer, _ = minilm
-  model16, _, cfg16 = bert.load_bert(dtype="bfloat16")
   ids, mask = tokenizer.encode_batch(TEXTS[:3], 32)
   h32 = _forward(model32, ids, mask)
-  h16 = _forward(model16, ids, mask)
-  assert h16.dtype == jnp.bfloat16 and cfg16.dtype == "bfloat16"
   valid = mask.astype(bool)
-  diff = np.abs(np.asarray(h16, np.float32) - np.asarray(h32))[valid]
-  assert np.isfinite(diff).all() and diff.mean() < 0.05 and diff.max() < 0.5
   v32 = np.asarray(model32.sentence_vector(h32, mask, "mean"))
-  v16 = np.asarray(model16.sentence_vector(h16, mask, "mean"), np.float32)
-  cos = (v32 * v16).sum(-1) / np.linalg.norm(v32, axis=-1) / np.linalg.norm(v16, axis=-1)
-  assert cos.min() > 0.99
+  for param_dtype in ("float32", "bfloat16"):
+    model16, _, cfg16 = bert.load_bert(dtype="bfloat16", param_dtype=param_dtype)
+    assert model16.layers.query.kernel[...].dtype == jnp.dtype(param_dtype)
+    h16 = _forward(model16, ids, mask)
+    assert h16.dtype == jnp.bfloat16 and cfg16.dtype == "bfloat16"
+    # Measured: mean 3e-3, max 3e-2 (hidden values reach 6); LayerNorm and softmax statistics stay fp32.
+    diff = np.abs(np.asarray(h16, np.float32) - np.asarray(h32))[valid]
+    assert np.isfinite(diff).all() and diff.mean() < 0.01 and diff.max() < 0.1
+    v16 = np.asarray(model16.sentence_vector(h16, mask, "mean"), np.float32)
+    cos = (v32 * v16).sum(-1) / np.linalg.norm(v32, axis=-1) / np.linalg.norm(v16, axis=-1)
+    assert cos.min() > 0.999
 
 
 def _copy_minilm(tmp_path: pathlib.Path, skip=()) -> pathlib.Path:
@@ -258,6 +277,8 @@ def test_load_errors(tmp_path):
   assert str(no_vocab) in str(err.value) and "\n" not in str(err.value)
   with pytest.raises(InputError, match="does not exist"):
     bert.load_bert(tmp_path / "no" / "such" / "dir")
+  with pytest.raises(InputError, match="is a file, not a directory"):
+    bert.load_bert(no_vocab / "config.json")
 
   weights = load_file(str(bert.default_encoder_dir() / "model.safetensors"))
   broken = tmp_path / "broken"

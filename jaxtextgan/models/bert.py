@@ -357,7 +357,9 @@ def _resolve_directory(name_or_dir) -> pathlib.Path:
   if path.is_dir():
     return path
   name = str(name_or_dir)
-  if path.exists() or not _HUB_ID.match(name):
+  if path.exists():
+    raise InputError(f"BERT path {name} is a file, not a directory: pass the directory with {_WEIGHTS_HELP}")
+  if not _HUB_ID.match(name):
     raise InputError(f"BERT directory {name} does not exist: pass a local directory with {_WEIGHTS_HELP}")
   fail = (f"BERT {name!r} is not a local directory and could not be fetched from the Hugging Face Hub: "
           f"pass a local directory with {_WEIGHTS_HELP}")

@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtextgan import checkpoint, loop, sampling, training
+from jaxtextgan import tokenizers as tok
 from jaxtextgan import sharding as shd
 from jaxtextgan.data import lm as lm_data
+from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import lm
 from jaxtextgan.tasks import common
 from jaxtextgan import writers
@@ -46,13 +48,37 @@ def make_evaluator(run: common.Run, state_shardings):
 def write_samples(run: common.Run, state, tokenizer, step: int, name: str = "samples.txt"):
   cfg = run.config.sample
   prompt = np.full((cfg.num, 1), tokenizer.eos_id if tokenizer.eos_id is not None else 0, np.int32)
-  ids = sampling.sample(state.graphdef, state.params, jnp.asarray(prompt), jax.random.key(cfg.seed),
+  ids = sampling.sample(state.graphdef, state.params, shd.put_replicated(prompt, run.mesh), jax.random.key(cfg.seed),
                         max_new_tokens=cfg.length, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
-  texts = [tokenizer.decode(row) for row in np.asarray(jax.device_get(ids))]
+  texts = [tokenizer.decode(row) for row in shd.to_host(ids)]
   writers.write_samples(run.workdir / name, texts,
                         header=f"step {step}; temperature={cfg.temperature} top_k={cfg.top_k} top_p={cfg.top_p}")
   run.writer.write_text(step, "samples", texts[:8])
   return texts
+
+
+def dry_run(config) -> dict:
+  """Lowers and compiles the LM train step for this config, mesh and batch; nothing is allocated or trained."""
+  from jaxtextgan import dryrun
+  mesh = shd.make_mesh(tuple(config.mesh_shape))
+  vocab = config.model.vocab_size
+  if not vocab:
+    splits = common.text_splits(config.data)
+    vocab = tok.build_tokenizer(config.tokenizer.spec, corpus_text=splits["train"],
+                                vocab_size=config.tokenizer.get("vocab_size") or None).vocab_size
+  model_cfg = common.model_config(config.model, vocab)
+  common.check_seq_len(config.data.seq_len, model_cfg)
+  abstract, shardings = training.abstract_state(lm.make_state_fn(model_cfg, config.optimizer),
+                                                jax.random.key(0), mesh)
+  b, t = config.data.batch_size, config.data.seq_len
+  batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=shd.batch_sharding(mesh)) for k in ("inputs", "targets")}
+  report = dryrun.compile_report(lm.train_step, abstract, shardings, batch,
+                                 {k: shd.batch_sharding(mesh) for k in batch}, mesh, params=abstract.params,
+                                 tokens_per_step=b * t,
+                                 model_flops_per_step=b * t * dryrun.lm_flops_per_token(
+                                   gpt2.count_params(abstract.params), model_cfg.n_layer, model_cfg.d_model, t))
+  print(dryrun.format_report(report), flush=True)
+  return report
 
 
 def run(config, workdir) -> dict:

@@ -1,0 +1,599 @@
+"""`objective='ganbert'`: GAN-BERT semi-supervised classification and its supervised baseline (seed paper, sec. 3-4).
+
+`config.mode`:
+* 'train': one model (`config.method` 'ganbert' or 'baseline') on the configured data; resumable from
+  `<workdir>/checkpoints`; evaluates on the test split, writes results.json, and exports the classifier (encoder +
+  D, without G) to `<workdir>/classifier` for `python -m jaxtextgan.predict --workdir=<workdir>`.
+* 'experiment': labeled fractions x seeds x methods; writes `config.experiment.report` (markdown, mean +- std of
+  accuracy and macro-F1, every run with its wall time) and a figure like the seed's Figure 2. Finished runs are
+  kept in `<workdir>/runs.jsonl`, so an interrupted experiment continues where it stopped.
+
+Data (`config.data.source`): 'trec' (the release's split, fine or coarse labels), 'bbc' (BBC News, labeled-
+fraction sampler) or 'files' (CSV/TSV/JSONL with column options). GAN-BERT trains on labeled rows replicated
+log2(1/labeled_fraction) times plus the unlabeled rows (release: `gan_bert_replication`).
+
+Same budget: the baseline makes as many passes over each labeled example as GAN-BERT does. GAN-BERT's
+T iterations of B rows over N = R n_L + n_U rows see each labeled example R T B / N times; the baseline trains on
+the n_L labeled rows alone for ceil(R n_L T / N) steps of B rows. It thus does fewer optimizer steps, because it
+has no unlabeled rows to see. Learning-rate schedule (linear warmup over 10% then linear decay to 0), optimizer,
+encoder, head and dropout are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import time
+from typing import Any, Iterator, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxtextgan import checkpoint, loop, training, writers
+from jaxtextgan import sharding as shd
+from jaxtextgan.data import classification as cls_data
+from jaxtextgan.errors import InputError
+from jaxtextgan.models import bert
+from jaxtextgan.objectives import ganbert
+from jaxtextgan.tasks import common
+
+SOURCES = ("trec", "bbc", "files")
+ASSETS = "classifier_assets"
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# XLA's LLVM optimisation off: about half the CPU compile time, for small models where compiling dominates.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+# --------------------------------------------------------------------------------------------------------- data
+
+
+def load_data(data_cfg, *, seed: int, labeled_fraction: float | None = None) -> cls_data.ClassificationData:
+  """The configured data set. `labeled_fraction` overrides data.labeled_fraction (BBC only); `seed` picks the BBC
+  split and the unlabeled subsample."""
+  source = data_cfg.source
+  if labeled_fraction is not None and source != "bbc":
+    raise InputError(f"experiment.fractions needs data.source='bbc' (a labeled-fraction sampler), not {source!r}: "
+                     f"leave experiment.fractions empty to use the split as given")
+  if source == "trec":
+    data = cls_data.load_trec(data_cfg.trec_dir, granularity=data_cfg.granularity)
+  elif source == "bbc":
+    fraction = data_cfg.labeled_fraction if labeled_fraction is None else labeled_fraction
+    data = cls_data.load_bbc_news(labeled_fraction=fraction, test_fraction=data_cfg.test_fraction, seed=seed,
+                                  directory=data_cfg.bbc_dir or None)
+  elif source == "files":
+    if not data_cfg.train_file or not data_cfg.test_file:
+      raise InputError("data.source='files' needs data.train_file and data.test_file: set both paths")
+    names = [s.strip() for s in data_cfg.label_names.split(",") if s.strip()] if data_cfg.label_names else None
+    data = cls_data.load_files(data_cfg.train_file, data_cfg.test_file, unlabeled=data_cfg.unlabeled_file or None,
+                               text_column=data_cfg.text_column, label_column=data_cfg.label_column,
+                               label_names=names)
+  else:
+    raise InputError(f"data.source={source!r} is unknown: use one of {', '.join(SOURCES)}")
+  if not len(data.labeled):
+    raise InputError(f"{data.name or source}: the labeled set is empty: give at least one labeled example")
+  if not len(data.test):
+    raise InputError(f"{data.name or source}: the test set is empty: give at least one labeled test example")
+  return cap_unlabeled(data, data_cfg.unlabeled_multiplier, data_cfg.max_unlabeled, seed)
+
+
+def cap_unlabeled(data: cls_data.ClassificationData, multiplier: int, max_unlabeled: int,
+                  seed: int) -> cls_data.ClassificationData:
+  """At most multiplier * |L| (paper: |U| = 100 |L| when available) and max_unlabeled rows of U, drawn at random."""
+  limit = len(data.unlabeled)
+  if multiplier > 0:
+    limit = min(limit, multiplier * len(data.labeled))
+  if max_unlabeled > 0:
+    limit = min(limit, max_unlabeled)
+  if limit == len(data.unlabeled):
+    return data
+  keep = np.sort(np.random.default_rng([seed, 2]).permutation(len(data.unlabeled))[:limit])
+  return dataclasses.replace(data, unlabeled=data.unlabeled.subset(keep))
+
+
+def training_examples(data: cls_data.ClassificationData, method: str) -> cls_data.Examples:
+  """GAN-BERT: labeled rows replicated (release) plus unlabeled rows; baseline: the labeled rows only."""
+  if method == "ganbert":
+    return cls_data.replicate_labeled(data.train(), data.labeled_fraction)
+  return data.labeled
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """Tokenized examples: ids and mask (N, max_len) int32, labels (N,), -1 = unlabeled."""
+  input_ids: np.ndarray
+  attention_mask: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def rows(self, idx: np.ndarray, pad_multiple: int) -> dict[str, np.ndarray]:
+    """The rows `idx`, cut to the longest of them rounded up to `pad_multiple` (0: keep max_len).
+
+    Padding is masked out of attention and pooling, so the cut changes no result; it only saves compute on short
+    texts, at the price of one compiled program per length bucket.
+    """
+    mask = self.attention_mask[idx]
+    width = mask.shape[1]
+    if pad_multiple > 0:
+      longest = int(mask.sum(1).max()) if len(idx) else 1
+      width = min(width, max(pad_multiple, -(-longest // pad_multiple) * pad_multiple))
+    return {"input_ids": self.input_ids[idx, :width], "attention_mask": mask[:, :width],
+            "labels": self.labels[idx]}
+
+
+def encode_examples(examples: cls_data.Examples, tokenizer: bert.WordPieceTokenizer, max_len: int) -> Encoded:
+  ids, mask = tokenizer.encode_batch(list(examples.texts), max_len)
+  return Encoded(ids, mask, np.asarray(examples.labels, np.int32))
+
+
+def batch_at(data: Encoded, step: int, batch_size: int, seed: int, pad_multiple: int) -> dict[str, np.ndarray]:
+  """Batch `step`: a pure function of (seed, step), so resuming needs no iterator state.
+
+  Each epoch is a fresh permutation; its last batch is completed with the first rows of that permutation, so every
+  batch has `batch_size` rows (fixed shapes, and divisible by the mesh's batch axes).
+  """
+  per_epoch = -(-len(data) // batch_size)
+  epoch, i = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, 1, epoch]).permutation(len(data))
+  idx = order[i * batch_size:(i + 1) * batch_size]
+  if len(idx) < batch_size:
+    idx = np.concatenate([idx, np.resize(order, batch_size - len(idx))])
+  return data.rows(idx, pad_multiple)
+
+
+class Batches:
+  """Iterator over `batch_at(step)`, starting at `start`."""
+
+  def __init__(self, data: Encoded, batch_size: int, seed: int, pad_multiple: int, start: int = 0):
+    if batch_size < 1:
+      raise InputError(f"data.batch_size={batch_size} is invalid: use a positive batch size")
+    self.data, self.batch_size, self.seed, self.pad_multiple, self.step = data, batch_size, seed, pad_multiple, start
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = batch_at(self.data, self.step, self.batch_size, self.seed, self.pad_multiple)
+    self.step += 1
+    return batch
+
+
+def predict_probabilities(predict, params, data: Encoded, batch_size: int, mesh, pad_multiple: int) -> np.ndarray:
+  """(N, k) class probabilities. Rows go by length (less padding) in batches padded to `batch_size` rows."""
+  n = len(data)
+  order = np.argsort(data.attention_mask.sum(1), kind="stable")
+  out = []
+  for start in range(0, n, batch_size):
+    idx = order[start:start + batch_size]
+    idx = np.concatenate([idx, np.resize(idx, batch_size - len(idx))]) if len(idx) < batch_size else idx
+    batch = data.rows(idx, pad_multiple)
+    out.append(np.asarray(jax.device_get(predict(params, shd.put_batch(batch, mesh)))))
+  probs = np.concatenate(out)[:n] if out else np.zeros((0, 0), np.float32)
+  result = np.empty_like(probs)
+  result[order] = probs
+  return result
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+  """Accuracy, and macro-F1 over the classes present in the labels or the predictions (as scikit-learn's
+  f1_score(average='macro')): F1_c = 2 TP / (2 TP + FP + FN), a class with 2 TP + FP + FN = 0 counting 0."""
+  labels, predictions = np.asarray(labels), np.asarray(predictions)
+  classes = np.union1d(labels, predictions)
+  f1 = []
+  for c in classes:
+    tp = np.sum((predictions == c) & (labels == c))
+    fp = np.sum((predictions == c) & (labels != c))
+    fn = np.sum((predictions != c) & (labels == c))
+    denom = 2 * tp + fp + fn
+    f1.append(2 * tp / denom if denom else 0.0)
+  return {"accuracy": float(np.mean(predictions == labels)) if len(labels) else 0.0,
+          "macro_f1": float(np.mean(f1)) if f1 else 0.0}
+
+
+# ------------------------------------------------------------------------------------------------------ encoder
+
+
+@dataclasses.dataclass
+class EncoderBundle:
+  directory: pathlib.Path
+  params: Any
+  tokenizer: bert.WordPieceTokenizer
+  config: bert.BertConfig
+
+
+def load_encoder(model_cfg, max_len: int) -> EncoderBundle:
+  """The pretrained BERT of model.encoder_dir ('' = the bundled MiniLM), with the configured dropout."""
+  directory = pathlib.Path(model_cfg.encoder_dir) if model_cfg.encoder_dir else bert.default_encoder_dir()
+  dropout = model_cfg.encoder_dropout if model_cfg.encoder_dropout >= 0 else None
+  encoder, tokenizer, bert_cfg = bert.load_bert(directory, max_len=max_len, dropout=dropout)
+  return EncoderBundle(directory, ganbert.encoder_params(encoder), tokenizer, bert_cfg)
+
+
+def model_config(model_cfg, num_classes: int, method: str) -> ganbert.GanBertConfig:
+  return ganbert.GanBertConfig(num_classes=num_classes, method=method, latent_dim=model_cfg.latent_dim,
+                               d_hidden=model_cfg.d_hidden, g_hidden=model_cfg.g_hidden, dropout=model_cfg.dropout,
+                               pooling=model_cfg.pooling, epsilon=model_cfg.epsilon,
+                               feature_matching=model_cfg.feature_matching, noise=model_cfg.noise)
+
+
+# -------------------------------------------------------------------------------------------------------- train
+
+
+@dataclasses.dataclass
+class Plan:
+  """How long one run trains: iterations, and the numbers that define the shared budget."""
+  steps: int
+  n_train: int
+  n_labeled: int
+  replication: int
+  labeled_passes: float
+
+
+def plan(config, data: cls_data.ClassificationData, method: str) -> Plan:
+  """GAN-BERT: train.steps, or train.epochs over its replicated training set; baseline: the same number of
+  passes over each labeled example (module docstring)."""
+  batch = config.data.batch_size
+  replication = cls_data.gan_bert_replication(data.labeled_fraction)
+  n_gan = replication * len(data.labeled) + len(data.unlabeled)
+  if config.train.steps > 0:
+    gan_steps = config.train.steps
+  elif config.train.epochs > 0:
+    gan_steps = max(1, math.ceil(config.train.epochs * math.ceil(n_gan / batch)))
+  else:
+    raise InputError("train.steps and train.epochs are both 0: set one of them (e.g. --config.train.epochs=2)")
+  passes = replication * gan_steps * batch / n_gan
+  if method == "ganbert":
+    return Plan(gan_steps, n_gan, len(data.labeled), replication, passes)
+  steps = max(1, math.ceil(replication * len(data.labeled) * gan_steps / n_gan))
+  return Plan(steps, len(data.labeled), len(data.labeled), replication, passes)
+
+
+def optimizer_config(opt_cfg, steps: int) -> dict:
+  return dict(lr=opt_cfg.lr, total_steps=steps, warmup_steps=int(opt_cfg.warmup_proportion * steps),
+              end_lr_fraction=0.0, schedule="linear", b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+              weight_decay=opt_cfg.weight_decay, grad_clip_norm=opt_cfg.grad_clip_norm)
+
+
+def train_and_evaluate(config, data: cls_data.ClassificationData, encoder: EncoderBundle, *, method: str,
+                       seed: int, workdir: pathlib.Path, mesh, resume: bool = False,
+                       show_progress: bool = True) -> tuple[dict, ganbert.GanBertState, ganbert.GanBertConfig]:
+  """Trains one model and evaluates it on data.test: (result, final state, model config)."""
+  t0 = time.perf_counter()
+  load_start = os.getloadavg()[0]
+  cfg = model_config(config.model, data.num_classes, method)
+  p = plan(config, data, method)
+  max_len = config.data.max_len
+  train_enc = encode_examples(training_examples(data, method), encoder.tokenizer, max_len)
+  test_enc = encode_examples(data.test, encoder.tokenizer, max_len)
+  opt = optimizer_config(config.optimizer, p.steps)
+  g_opt = dict(opt, lr=config.optimizer.g_lr or opt["lr"])
+  prog = ganbert.program(encoder.config, cfg, opt, g_opt if method == "ganbert" else None, mesh,
+                         compiler_options=FAST_COMPILE if config.train.fast_compile else None)
+  state, steps = prog.init(jax.random.key(seed), encoder.params), prog.steps
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt = None
+  if resume:
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+      state, meta, step = restored
+      if meta.get("method") != method or meta.get("label_names") != list(data.label_names):
+        raise InputError(f"workdir {workdir} holds a checkpoint of another run ({meta.get('method')}, "
+                         f"{len(meta.get('label_names', []))} labels): use a new --workdir")
+      print(f"resumed from {workdir / 'checkpoints' / str(step)} at step {step}", flush=True)
+  start = int(jax.device_get(state.step))
+  batches = Batches(train_enc, config.data.batch_size, seed, config.data.pad_multiple, start=start)
+  writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
+  meta_fn = lambda: {"method": method, "label_names": list(data.label_names), "seed": seed}
+  result = loop.run(state=state, step_fn=lambda s, b, r: ganbert.train_iteration(steps, s, b, r), batches=batches,
+                    put=lambda b: shd.put_batch(b, mesh), rng=jax.random.key(seed + 1), total_steps=p.steps,
+                    checkpointer=ckpt, writer=writer, meta_fn=meta_fn, log_every=config.train.log_every,
+                    checkpoint_every=config.train.checkpoint_every if resume else 0, desc=method,
+                    show_progress=show_progress)
+  if ckpt is not None:
+    ckpt.close()
+  state = result.state
+  out: dict[str, Any] = {"method": method, "seed": seed, "data": data.name, "n_labeled": len(data.labeled),
+                         "n_unlabeled": len(data.unlabeled) if method == "ganbert" else 0,
+                         "labeled_fraction": data.labeled_fraction, "replication": p.replication,
+                         "steps": p.steps, "labeled_passes": p.labeled_passes, "step": result.step,
+                         "preempted": result.preempted, "train": result.last_metrics}
+  if result.preempted:
+    writer.close()
+    return out, state, cfg
+  probs = predict_probabilities(steps["predict"], state.d.params, test_enc, config.eval.batch_size, mesh,
+                                config.data.pad_multiple)
+  metrics = classification_metrics(test_enc.labels, probs.argmax(-1))
+  writer.write(result.step, metrics, "test")
+  writer.close()
+  out.update(metrics, wall_seconds=time.perf_counter() - t0, load_start=load_start, load_end=os.getloadavg()[0])
+  return out, state, cfg
+
+
+def export_classifier(workdir: pathlib.Path, state: ganbert.GanBertState, cfg: ganbert.GanBertConfig,
+                      encoder: EncoderBundle, data: cls_data.ClassificationData, config) -> pathlib.Path:
+  """Saves encoder + D params (Orbax; not G) and JSON meta (labels, encoder, configs) to <workdir>/classifier, and
+  the tokenizer files to <workdir>/classifier_assets, so prediction needs nothing but the workdir."""
+  assets = workdir / ASSETS
+  if jax.process_index() == 0:
+    assets.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+      if (encoder.directory / name).is_file():
+        shutil.copyfile(encoder.directory / name, assets / name)
+  meta = {"label_names": list(data.label_names), "encoder_dir": str(encoder.directory),
+          "bert_config": dataclasses.asdict(encoder.config), "model": dataclasses.asdict(cfg),
+          "max_len": int(config.data.max_len), "pad_multiple": int(config.data.pad_multiple),
+          "data": data.name, "config": json.loads(config.to_json_best_effort())}
+  ckpt = checkpoint.Checkpointer(workdir / "classifier", keep=1, async_save=False)
+  step = int(jax.device_get(state.step))
+  if step in ckpt.steps:  # a re-run of a finished workdir re-exports the same step
+    shutil.rmtree(workdir / "classifier" / str(step))
+    ckpt.close()
+    ckpt = checkpoint.Checkpointer(workdir / "classifier", keep=1, async_save=False)
+  ckpt.save(step, {"params": state.d.params}, meta)
+  ckpt.close()
+  return workdir / "classifier"
+
+
+def check_config(config) -> None:
+  """Fails fast on options that would otherwise fail after the encoder is loaded."""
+  if config.get("mode") not in ("train", "experiment"):
+    raise InputError(f"mode={config.get('mode')!r} is unknown: use 'train' or 'experiment'")
+  if config.method not in ganbert.METHODS:
+    raise InputError(f"method={config.method!r} is unknown: use one of {', '.join(ganbert.METHODS)}")
+  if config.data.source not in SOURCES:
+    raise InputError(f"data.source={config.data.source!r} is unknown: use one of {', '.join(SOURCES)}")
+  if config.data.max_len < 2:
+    raise InputError(f"data.max_len={config.data.max_len} is too small: use at least 2 ([CLS] and [SEP])")
+  batch_devices = run_batch_devices(config)
+  for name in ("batch_size",):
+    size = config.data[name]
+    if size < 1 or size % batch_devices:
+      raise InputError(f"data.{name}={size} must be a positive multiple of the mesh's data*fsdp size "
+                       f"{batch_devices}: change data.{name} or mesh_shape")
+  if config.eval.batch_size < 1 or config.eval.batch_size % batch_devices:
+    raise InputError(f"eval.batch_size={config.eval.batch_size} must be a positive multiple of the mesh's "
+                     f"data*fsdp size {batch_devices}: change it or mesh_shape")
+
+
+def run_batch_devices(config) -> int:
+  shape = list(config.mesh_shape)
+  n = len(jax.devices())
+  if -1 in shape:
+    rest = math.prod(s for s in shape if s != -1) or 1
+    shape[shape.index(-1)] = n // rest
+  return shape[0] * shape[1]
+
+
+def run(config, workdir) -> dict:
+  """Entry point for `python -m jaxtextgan.main --config=configs/ganbert.py --workdir=DIR`."""
+  check_config(config)
+  if config.mode == "experiment":
+    return run_experiment(config, workdir)
+  t0 = time.perf_counter()
+  r = common.start(config, workdir)
+  data = load_data(config.data, seed=config.seed)
+  print(data.summary(), flush=True)
+  encoder = load_encoder(config.model, config.data.max_len)
+  result, state, cfg = train_and_evaluate(config, data, encoder, method=config.method, seed=config.seed,
+                                          workdir=r.workdir, mesh=r.mesh, resume=True)
+  if result["preempted"]:
+    print(f"SIGTERM: saved step {result['step']} to {r.workdir / 'checkpoints'}; run again to resume", flush=True)
+    return result
+  path = export_classifier(r.workdir, state, cfg, encoder, data, config)
+  result["total_seconds"] = time.perf_counter() - t0
+  common.write_json(r.workdir / "results.json", result)
+  writers.plot_curves(r.workdir / "metrics.jsonl", r.workdir / "loss_curves.png",
+                      [("D / supervised loss", [("train", "d_loss"), ("train", "loss"), ("train", "d_sup")]),
+                       ("G loss", [("train", "g_loss"), ("train", "g_feature_matching")]),
+                       ("p(fake)", [("train", "p_fake_real"), ("train", "p_fake_fake")])])
+  r.writer.close()
+  print(f"{config.method} on {data.name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
+        f" ({result['steps']} steps, {result['wall_seconds']:.0f} s); classifier saved to {path}", flush=True)
+  return result
+
+
+# --------------------------------------------------------------------------------------------------- experiment
+
+
+def _run_key(fraction, seed: int, method: str) -> str:
+  return f"{'split' if fraction is None else f'{fraction:g}'}/seed{seed}/{method}"
+
+
+def run_experiment(config, workdir) -> dict:
+  """Fractions x seeds x methods; the report and figure are rewritten after every run."""
+  t0 = time.perf_counter()
+  r = common.start(config, workdir)
+  exp = config.experiment
+  if exp.compile_cache:
+    # Runs of one experiment compile identical programs (same shapes and schedule); cache them across runs.
+    jax.config.update("jax_compilation_cache_dir", str(r.workdir / "jax_cache"))
+  fractions: Sequence[float | None] = list(exp.fractions) or [None]
+  seeds = list(exp.seeds)
+  methods = list(exp.methods)
+  for m in methods:
+    if m not in ganbert.METHODS:
+      raise InputError(f"experiment.methods has {m!r}: use {', '.join(ganbert.METHODS)}")
+  if not seeds:
+    raise InputError("experiment.seeds is empty: give at least one seed (3 for mean +- std)")
+  runs_path = r.workdir / "runs.jsonl"
+  done = {row["key"]: row for row in writers.read_metrics(runs_path)} if runs_path.exists() else {}
+  command = "python -m jaxtextgan.main " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("main.py") else (
+    exp.command or "run(config, workdir)")
+  encoder = None
+  for fraction in fractions:
+    for seed in seeds:
+      data = None
+      for method in methods:
+        key = _run_key(fraction, seed, method)
+        if key in done:
+          continue
+        if data is None:
+          data = load_data(config.data, seed=seed, labeled_fraction=fraction)
+        if encoder is None:
+          encoder = load_encoder(config.model, config.data.max_len)
+        print(f"[{key}] {data.summary()}", flush=True)
+        result, _, _ = train_and_evaluate(config, data, encoder, method=method, seed=seed,
+                                          workdir=r.workdir / key, mesh=r.mesh, show_progress=exp.progress)
+        result.update(key=key, fraction=fraction)
+        print(f"[{key}] accuracy {result['accuracy']:.4f} macro-F1 {result['macro_f1']:.4f} "
+              f"({result['steps']} steps, {result['wall_seconds']:.0f} s)", flush=True)
+        done[key] = result
+        if jax.process_index() == 0:
+          with runs_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+        rows = [done[k] for k in done]
+        write_report(config, rows, command, elapsed=time.perf_counter() - t0)
+  rows = [done[_run_key(f, s, m)] for f in fractions for s in seeds for m in methods]
+  write_report(config, rows, command, elapsed=time.perf_counter() - t0)
+  summary = summarize(rows)
+  common.write_json(r.workdir / "results.json", {"runs": rows, "summary": summary})
+  r.writer.close()
+  for row in summary:
+    print(f"{row['label']} {row['method']}: accuracy {row['accuracy_mean']:.4f} +- {row['accuracy_std']:.4f}, "
+          f"macro-F1 {row['macro_f1_mean']:.4f} +- {row['macro_f1_std']:.4f} ({row['n']} seeds)", flush=True)
+  return {"runs": rows, "summary": summary}
+
+
+def _std(values: Sequence[float]) -> float:
+  """Sample standard deviation (ddof=1); 0 for one value."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _fraction_label(row) -> str:
+  return "split" if row.get("fraction") is None else f"{100 * row['fraction']:g}%"
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+  """Mean and sample std of accuracy and macro-F1 per (fraction, method), in first-seen order."""
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    groups.setdefault((row.get("fraction"), row["method"]), []).append(row)
+  out = []
+  for (fraction, method), members in groups.items():
+    acc, f1 = [m["accuracy"] for m in members], [m["macro_f1"] for m in members]
+    out.append({"fraction": fraction, "label": _fraction_label(members[0]), "method": method, "n": len(members),
+                "n_labeled": float(np.mean([m["n_labeled"] for m in members])),
+                "accuracy_mean": float(np.mean(acc)), "accuracy_std": _std(acc),
+                "macro_f1_mean": float(np.mean(f1)), "macro_f1_std": _std(f1),
+                "wall_mean": float(np.mean([m["wall_seconds"] for m in members]))})
+  return out
+
+
+NOTES_MARKER = "<!-- notes: text below this line is kept when the report is rewritten -->"
+
+
+def write_report(config, rows: Sequence[dict], command: str, elapsed: float) -> None:
+  """Markdown table (mean +- std and every run) and the figure; hand-written notes below NOTES_MARKER survive."""
+  if jax.process_index() != 0 or not rows:
+    return
+  exp, data_cfg, opt = config.experiment, config.data, config.optimizer
+  path = pathlib.Path(exp.report)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  notes = ""
+  if path.exists():
+    old = path.read_text(encoding="utf-8")
+    if NOTES_MARKER in old:
+      notes = old.split(NOTES_MARKER, 1)[1]
+  summary = summarize(rows)
+  encoder = config.model.encoder_dir or f"bundled all-MiniLM-L6-v2 ({bert.default_encoder_dir()})"
+  first = rows[0]
+  budget = (f"{config.train.steps} iterations" if config.train.steps > 0 else f"{config.train.epochs:g} epochs")
+  lines = [
+    f"# GAN-BERT vs. supervised baseline: {exp.title or first['data']}", "",
+    f"Command (repository root): `{command}`", "",
+    f"Wall time of this invocation: {elapsed / 60:.1f} min for the {len(rows)} runs listed (runs finished by an "
+    f"earlier invocation keep their own times). Machine: {os.cpu_count()} CPU cores shared with other jobs; the "
+    f"1-minute load average at the start and end of each run is listed (above {os.cpu_count()} means the cores "
+    f"were oversubscribed).", "",
+    "## Setup", "",
+    f"- Encoder: {encoder}, pooling `{config.model.pooling}`, fine-tuned with D's loss; D and G: MLPs with one "
+    f"leaky-ReLU hidden layer and dropout {config.model.dropout}; noise z ~ {config.model.noise}(100-d).",
+    f"- Data: `{data_cfg.source}` ({first['data']}); max_len {data_cfg.max_len}, batch {data_cfg.batch_size}; "
+    f"labeled rows replicated log2(1/fraction) times for GAN-BERT.",
+    f"- Optimizer: AdamW lr {opt.lr:g} (G: {opt.g_lr or opt.lr:g}), weight decay {opt.weight_decay:g}, linear "
+    f"warmup over {opt.warmup_proportion:.0%} of the steps then linear decay to 0, global-norm clip "
+    f"{opt.grad_clip_norm:g}; eps 1e-8 inside the logs.",
+    f"- GAN-BERT budget: {budget} over its training set (labeled x replication + unlabeled). Baseline: same "
+    f"encoder + same head over the k classes, trained on the labeled rows only for the same number of passes over "
+    f"each labeled example (`labeled passes` below), i.e. ceil(R n_L T / N) steps: fewer steps, since it sees no "
+    f"unlabeled rows.",
+    "- Metrics on the test split: accuracy and macro-F1 (classes present in labels or predictions); mean +- "
+    "sample std (ddof=1) over seeds.", "",
+    "## Mean +- std over seeds", "",
+    "| labeled | n_L | method | accuracy | macro-F1 | seeds | mean wall (s) |",
+    "|---|---:|---|---:|---:|---:|---:|",
+  ]
+  for s in summary:
+    lines.append(f"| {s['label']} | {s['n_labeled']:.0f} | {s['method']} | {s['accuracy_mean']:.4f} +- "
+                 f"{s['accuracy_std']:.4f} | {s['macro_f1_mean']:.4f} +- {s['macro_f1_std']:.4f} | {s['n']} | "
+                 f"{s['wall_mean']:.0f} |")
+  lines += ["", "## Every run", "",
+            "| labeled | seed | method | n_L | n_U | R | steps | labeled passes | accuracy | macro-F1 | wall (s) | "
+            "load start -> end |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+  for row in rows:
+    lines.append(f"| {_fraction_label(row)} | {row['seed']} | {row['method']} | {row['n_labeled']} | "
+                 f"{row['n_unlabeled']} | {row['replication']} | {row['steps']} | {row['labeled_passes']:.1f} | "
+                 f"{row['accuracy']:.4f} | {row['macro_f1']:.4f} | {row['wall_seconds']:.0f} | "
+                 f"{row['load_start']:.1f} -> {row['load_end']:.1f} |")
+  per_seed: dict[tuple, float] = {}
+  for row in rows:
+    per_seed[(_fraction_label(row), row["seed"])] = per_seed.get((_fraction_label(row), row["seed"]), 0.0) + \
+      row["wall_seconds"]
+  lines += ["", "Wall time per seed (all methods of that seed, training + test evaluation; compile included): " +
+            ", ".join(f"{lab} seed {s}: {sec / 60:.1f} min" for (lab, s), sec in per_seed.items()) + ".", "",
+            NOTES_MARKER]
+  path.write_text("\n".join(lines) + notes.rstrip("\n") + "\n" if notes.strip() else "\n".join(lines) + "\n",
+                  encoding="utf-8")
+  if exp.figure:
+    plot_experiment(summary, rows, pathlib.Path(exp.figure), exp.title or first["data"])
+
+
+def plot_experiment(summary: Sequence[dict], rows: Sequence[dict], path: pathlib.Path, title: str) -> None:
+  """Learning curves like the seed's Figure 2 (metric vs. labeled %), or per-method bars for a single split."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  methods = list(dict.fromkeys(s["method"] for s in summary))
+  colors = {"ganbert": "tab:red", "baseline": "tab:blue"}
+  names = {"ganbert": "GAN-BERT", "baseline": "baseline (labeled only)"}
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  curve = any(s["fraction"] is not None for s in summary) and len({s["fraction"] for s in summary}) > 1
+  for ax, metric, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "macro_f1", "macro-F1")):
+    for j, method in enumerate(methods):
+      points = [s for s in summary if s["method"] == method]
+      if curve:
+        xs = [100 * s["fraction"] for s in points]
+        ax.errorbar(xs, [s[f"{metric}_mean"] for s in points], yerr=[s[f"{metric}_std"] for s in points],
+                    marker="o", capsize=3, color=colors.get(method), label=names.get(method, method))
+      else:
+        mean = points[0][f"{metric}_mean"]
+        ax.bar(j, mean, yerr=points[0][f"{metric}_std"], capsize=4, color=colors.get(method), alpha=0.6,
+               label=names.get(method, method))
+        seeds = [r[metric] for r in rows if r["method"] == method]
+        ax.scatter(np.full(len(seeds), j), seeds, color="k", s=12, zorder=3)
+    if curve:
+      ax.set_xscale("log")
+      ax.set_xlabel("labeled examples (% of the training set)")
+      ticks = sorted({100 * s["fraction"] for s in summary})
+      ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    else:
+      ax.set_xticks(range(len(methods)), [names.get(m, m) for m in methods])
+    ax.set_ylabel(label)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(f"{title}: mean +- std over seeds" + ("" if curve else " (dots: seeds)"))
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,39 @@
+"""Helpers for tests that run the command line in subprocesses on a tiny text corpus."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+WORDS = "the cat sat on the mat . a dog ran in the park . " * 40
+
+
+def corpus(tmp_path) -> dict[str, str]:
+  files = {}
+  for split, n in (("train", 30), ("valid", 6), ("test", 6)):
+    path = tmp_path / f"{split}.txt"
+    path.write_text("\n".join(WORDS.split(" . ")[:n] * 3) + "\n", encoding="utf-8")
+    files[split] = str(path)
+  return files
+
+
+def tiny_flags(files, steps=8, **extra) -> list[str]:
+  flags = {
+    "data.source": "text", "data.train_file": files["train"], "data.valid_file": files["valid"],
+    "data.test_file": files["test"], "data.seq_len": 8, "data.batch_size": 4,
+    "model.n_layer": 2, "model.d_model": 16, "model.n_head": 2, "model.d_ff": 32, "model.max_len": 16,
+    "optimizer.schedule": "constant", "optimizer.warmup_steps": 0, "train.steps": steps, "train.log_every": 2,
+    "train.eval_every": 0, "train.checkpoint_every": 4, "eval.batch_size": 4, "sample.num": 2, "sample.length": 5,
+  }
+  flags.update(extra)
+  return [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def cli(workdir, flags, config="configs/lm.py", check=True, env=None):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  proc = subprocess.run([sys.executable, "-m", "jaxtextgan.main", f"--config={config}", f"--workdir={workdir}",
+                         *flags], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+  return proc
