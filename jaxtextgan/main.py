@@ -11,7 +11,7 @@ import importlib.util
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxtextgan.errors import InputError
@@ -30,13 +30,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdir
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-process job found by JAX's auto-detection "
+                                "(Cloud TPU pod slices, SLURM, Kubernetes).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Lower and compile the train step; print parameters, FLOPs and "
                              "per-device memory; do not train.")
 
 
 def _init_distributed() -> None:
-  """Joins a multi-process run: explicit flags, or JAX's auto-detection on a Cloud TPU pod slice or SLURM job."""
-  import os
+  """Joins a multi-process run: explicit coordinator flags, or `--multihost` for JAX's auto-detection.
+
+  Auto-detection is opt-in: guessing from the environment would make a one-process run inside a multi-task SLURM
+  allocation wait for peers that never start.
+  """
   import jax
   if _COORDINATOR.value:
     if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
@@ -45,11 +50,13 @@ def _init_distributed() -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  elif len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+  elif _MULTIHOST.value:
     jax.distributed.initialize()
 
 
 def main(argv) -> None:
+  # Orbax and JAX log every checkpoint step at INFO; the progress bar and metrics.jsonl already say what matters.
+  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value

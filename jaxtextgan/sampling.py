@@ -22,6 +22,7 @@ def filter_logits(logits_BV: Array, temperature: float | Array, top_k: int = 0, 
   cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
   # The first token is always kept; a token is kept if the mass strictly before it is < top_p.
   keep_sorted_BV = (cum_BV - jax.nn.softmax(sorted_BV, axis=-1)) < top_p
+  keep_sorted_BV = keep_sorted_BV.at[:, 0].set(True)
   cutoff_B1 = jnp.min(jnp.where(keep_sorted_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
   return jnp.where(logits_BV < cutoff_B1, neg, logits_BV)
 

@@ -37,7 +37,11 @@ LOGICAL_RULES: dict[str, Any] = {
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data','fsdp','tensor') mesh with Auto axes; one -1 entry takes the remaining devices."""
+  """A ('data','fsdp','tensor') mesh with Auto axes; one -1 entry takes the remaining devices.
+
+  Axes are Auto, not JAX's default Explicit, because shardings are given per jit (in_shardings/out_shardings)
+  and left to the partitioner inside the step.
+  """
   devices = list(devices) if devices is not None else jax.devices()
   shape = list(shape)
   if len(shape) != 3:
@@ -47,6 +51,9 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[jax.Device] |
   if -1 in shape:
     rest = math.prod(s for s in shape if s != -1)
     shape[shape.index(-1)] = len(devices) // rest
+  elif math.prod(shape) < len(devices) and jax.process_count() == 1:
+    # A smaller explicit mesh on one host uses the first devices (e.g. (1,1,1) on an 8-device machine).
+    devices = devices[:math.prod(shape)]
   if math.prod(shape) != len(devices):
     raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, but {len(devices)} are available")
   return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)

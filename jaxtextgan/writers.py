@@ -14,6 +14,9 @@ from jaxtextgan.errors import InputError
 
 def ensure_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
   """Creates `workdir` and proves it writable, else a one-line InputError."""
+  if "://" in str(workdir):
+    raise InputError(f"workdir {workdir} is a URL: pass a local path or a shared filesystem mounted on every host "
+                     "(e.g. gcsfuse for a GCS bucket)")
   path = pathlib.Path(workdir).expanduser().absolute()
   try:
     path.mkdir(parents=True, exist_ok=True)
