@@ -5,15 +5,14 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
-import importlib.util
 import pathlib
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxtextgan.config import load_config, resolve
 from jaxtextgan.errors import InputError
 
 TASKS = {
@@ -76,35 +75,22 @@ def main(argv) -> None:
   task.run(config, workdir)
 
 
-def _load_config_file(spec: str):
-  path = pathlib.Path(spec.split(":", 1)[0])
-  module_spec = importlib.util.spec_from_file_location(f"_jaxtextgan_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(*spec.split(":", 1)[1:])
-
-
 def check_overrides(argv) -> None:
-  """Rejects a mistyped `--config.a.b=value` with one line naming the key and the closest existing one."""
+  """Rejects a missing config file or a mistyped `--config.a.b=value` with one line naming it."""
   config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   if config_arg is None:
     return
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   path = pathlib.Path(config_arg.split(":", 1)[0])
   if not path.is_file():
     raise InputError(f"config file {path} does not exist: pass e.g. --config=configs/gan.py")
-  if not overrides:
-    return
-  config = _load_config_file(config_arg)
-  for dotted in overrides:
-    node, walked = config, []
-    for key in dotted.split("."):
-      keys = list(node.keys()) if hasattr(node, "keys") else []
-      if key not in keys:
-        close = difflib.get_close_matches(key, keys, n=1)
-        hint = f"did you mean {'.'.join(walked + close)!r}?" if close else f"valid keys here: {', '.join(keys)}"
-        raise InputError(f"unknown config key {dotted!r} in --config.{dotted}: {hint}")
-      node, walked = node[key], walked + [key]
+  if overrides:
+    config = load_config(config_arg)
+    for dotted in overrides:
+      try:
+        resolve(config, dotted)
+      except InputError as err:
+        raise InputError(f"{err} (in --config.{dotted})") from None
 
 
 def run() -> None:

@@ -1,19 +1,15 @@
 """--dry_run compiles the step without training and reports parameters, FLOPs and per-device memory."""
 
-import importlib.util
-
 import jax
 import pytest
 
+from jaxtextgan.config import load_config
 from jaxtextgan.tasks import lm as lm_task
 from cli_helpers import REPO
 
 
 def lm_config(**model):
-  spec = importlib.util.spec_from_file_location("lm_config", REPO / "configs" / "lm.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(REPO / "configs" / "lm.py")
   config.model.update(dict(vocab_size=512, n_layer=2, d_model=32, n_head=2, d_ff=64, max_len=32, **model))
   config.data.seq_len, config.data.batch_size = 16, 8
   return config

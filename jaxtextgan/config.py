@@ -1,0 +1,46 @@
+"""Config files (ml_collections) outside the command line: load one and apply dotted overrides, as in a notebook.
+
+    config = load_config("configs/lm.py", {"train.steps": 20, "model.n_layer": 2})
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import pathlib
+from typing import Any, Mapping
+
+import ml_collections
+
+from jaxtextgan.errors import InputError
+
+
+def load_config(spec: str | pathlib.Path, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """`spec` is `path.py` or `path.py:arg` (passed to get_config); overrides are {'a.b': value}."""
+  path_str, *arg = str(spec).split(":", 1)
+  path = pathlib.Path(path_str)
+  if not path.is_file():
+    raise InputError(f"config file {path} does not exist: pass e.g. configs/gan.py")
+  module_spec = importlib.util.spec_from_file_location(f"_jaxtextgan_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(*arg)
+  for dotted, value in (overrides or {}).items():
+    parent, key = resolve(config, dotted)
+    parent[key] = value
+  return config
+
+
+def resolve(config: ml_collections.ConfigDict, dotted: str):
+  """(parent node, last key) of an existing dotted key, else an InputError naming the closest existing key."""
+  node, walked = config, []
+  keys = dotted.split(".")
+  for i, key in enumerate(keys):
+    options = list(node.keys()) if hasattr(node, "keys") else []
+    if key not in options:
+      close = difflib.get_close_matches(key, options, n=1)
+      hint = f"did you mean {'.'.join(walked + close)!r}?" if close else f"valid keys here: {', '.join(options)}"
+      raise InputError(f"unknown config key {dotted!r}: {hint}")
+    if i == len(keys) - 1:
+      return node, key
+    node, walked = node[key], walked + [key]
