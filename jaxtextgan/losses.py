@@ -33,6 +33,62 @@ def correct_predictions(logits_BTV: Array, targets_BT: Array, mask_BT: Array | N
   return jnp.sum(hit_BT)
 
 
+def cross_entropy_and_hits(logits_BTV: Array, targets_BT: Array,
+                           mask_BT: Array | None = None) -> tuple[Array, Array, Array]:
+  """(`cross_entropy` sum, counted positions, correct predictions) from one max over the vocabulary.
+
+  A position is correct when the target's logit attains the maximum: the same as argmax == target except on exact
+  ties, and it reuses the softmax's max instead of a separate arg-reduction (slow and unvectorised on XLA:CPU;
+  about 10% of the output layer's step time on GPT-2's 50k vocabulary).
+  """
+  logits_BTV = logits_BTV.astype(jnp.float32)
+  # The max only shifts the exponent for stability: no gradient flows through it (as in jax.nn.logsumexp).
+  max_BT = jax.lax.stop_gradient(jnp.max(logits_BTV, axis=-1))
+  lse_BT = max_BT + jnp.log(jnp.sum(jnp.exp(logits_BTV - max_BT[..., None]), axis=-1))
+  picked_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+  mask_BT = jnp.ones_like(picked_BT) if mask_BT is None else mask_BT.astype(jnp.float32)
+  hit_BT = jax.lax.stop_gradient((picked_BT >= max_BT).astype(jnp.float32))
+  return jnp.sum((lse_BT - picked_BT) * mask_BT), jnp.sum(mask_BT), jnp.sum(hit_BT * mask_BT)
+
+
 def binary_logistic(logits: Array, labels: Array) -> Array:
   """Elementwise -[y log sigmoid(l) + (1-y) log(1 - sigmoid(l))], stable for any logit."""
   return -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+
+
+# --- GAN losses (GAN seed eq. 4-5; WGAN-GP of the WGAN review) ---------------------------------------------------
+
+
+def gan_discriminator_loss(real_logits_B: Array, fake_logits_B: Array) -> Array:
+  """Eq. (4): -E[log D(x)] - E[log(1 - D(G(z)))], with D = sigmoid(logit)."""
+  return (jnp.mean(binary_logistic(real_logits_B, jnp.ones_like(real_logits_B)))
+          + jnp.mean(binary_logistic(fake_logits_B, jnp.zeros_like(fake_logits_B))))
+
+
+def gan_generator_loss(fake_logits_B: Array) -> Array:
+  """Eq. (5), the non-saturating generator loss: -E[log D(G(z))]."""
+  return jnp.mean(binary_logistic(fake_logits_B, jnp.ones_like(fake_logits_B)))
+
+
+def wgan_critic_loss(real_scores_B: Array, fake_scores_B: Array) -> Array:
+  """E[D(fake)] - E[D(real)]: minimising it maximises the Kantorovich-Rubinstein estimate of W(P_r, P_g)."""
+  return jnp.mean(fake_scores_B) - jnp.mean(real_scores_B)
+
+
+def wgan_generator_loss(fake_scores_B: Array) -> Array:
+  """-E[D(G(z))]."""
+  return -jnp.mean(fake_scores_B)
+
+
+def gradient_penalty(critic_fn, real_BTV: Array, fake_BTV: Array, eps_B: Array) -> tuple[Array, Array]:
+  """E[(||grad_x D(x)||_2 - 1)^2] at x = eps real + (1 - eps) fake (Gulrajani et al. 2017), and the mean norm.
+
+  `critic_fn` maps (B, T, V) inputs to (B,) scores with no interaction between rows, so the gradient of their sum
+  gives each row's own input gradient.
+  """
+  eps_B11 = eps_B.astype(jnp.float32)[:, None, None]
+  x_BTV = eps_B11 * real_BTV.astype(jnp.float32) + (1.0 - eps_B11) * fake_BTV.astype(jnp.float32)
+  grad_BTV = jax.grad(lambda x: jnp.sum(critic_fn(x)))(x_BTV)
+  # sqrt(sum + tiny): the norm's gradient stays finite where the input gradient vanishes.
+  norm_B = jnp.sqrt(jnp.sum(jnp.square(grad_BTV), axis=(1, 2)) + 1e-12)
+  return jnp.mean(jnp.square(norm_B - 1.0)), jnp.mean(norm_B)

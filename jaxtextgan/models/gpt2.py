@@ -111,11 +111,18 @@ class Attention(nnx.Module):
     self.dropout = cfg.dropout
     self.dtype = dtype
 
+  def _qkv(self, x_BTD: Array) -> tuple[Array, Array, Array]:
+    """q, k, v = x Wq + bq, x Wk + bk, x Wv + bv as one (D, 3, H, K) matmul: a 3x wider GEMM runs nearer the
+    CPU's matmul peak than three narrow ones, forward and backward (the kernels stay separate parameters)."""
+    dense = (self.query, self.key, self.value)
+    kernel = jnp.stack([d.kernel[...] for d in dense], axis=1).astype(self.dtype)
+    y = jax.lax.dot_general(x_BTD.astype(self.dtype), kernel, (((2,), (0,)), ((), ())))
+    y = y + jnp.stack([d.bias[...] for d in dense]).astype(self.dtype)
+    return y[:, :, 0], y[:, :, 1], y[:, :, 2]
+
   def __call__(self, x_BTD: Array, q_pos_T: Array, k_pos_S: Array, *, cache: dict | None, cache_index,
                dropout_key: Array | None):
-    q_BTHK = self.query(x_BTD)
-    k_BTHK = self.key(x_BTD)
-    v_BTHK = self.value(x_BTD)
+    q_BTHK, k_BTHK, v_BTHK = self._qkv(x_BTD)
     if cache is not None:
       # Fixed-size cache: write this chunk at cache_index; positions past the written ones are masked below.
       k_BSHK = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BTHK.astype(cache["k"].dtype), cache_index, 1)

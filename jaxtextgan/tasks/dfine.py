@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import pathlib
 import shutil
 import sys
@@ -161,7 +160,8 @@ def restore_params(ckpt_dir: pathlib.Path, model_cfg: gpt2.GPT2Config, mesh, ste
                                   options=ocp.CheckpointManagerOptions(create=False))
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True)))
+      state=ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
+                                   restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))))
   finally:
     manager.close()
   return restored["state"]["params"]
@@ -230,7 +230,8 @@ def run_stage(r: common.Run, data: Data, name: str, *, model_cfg: gpt2.GPT2Confi
               probe: Callable | None = None) -> tuple[Any, dict]:
   """Trains (or resumes, or skips) one stage; returns (final params, done record with the final evaluation).
 
-  `make_step(graphdef)` gives the pure step (`step_key` names its program, for sharing compilations); `evaluate(graphdef, params)` the final metrics; `probe(state, step)`,
+  `make_step(graphdef)` gives the pure step (`step_key` names its program, for sharing compilations);
+  `evaluate(graphdef, params)` the final metrics; `probe(state, step)`,
   if given, runs every stage_cfg.probe_every steps and is written to metrics.jsonl as split 'valid'.
   """
   stage_dir = r.workdir / name
@@ -314,7 +315,6 @@ class Evaluator:
     self.bs = int(r.config.eval.batch_size)
     self.q0_graphdef, self.disc_graphdef = q0_graphdef, disc_graphdef
     self.ft_graphdef = None  # set by `run`: the fine-tuned model's graph (its dropout may differ from q0's)
-    self._batch_sh = {k: shd.batch_sharding(self.mesh, n) for k, n in (("inputs", 2), ("targets", 2), ("mask", 1))}
 
   def _batches(self, split: str):
     return lm_data.eval_batches(self.data.blocks[split], self.bs, process_index=jax.process_index(),
@@ -380,6 +380,39 @@ class _StateView:
   """What the eval steps read from a TrainState: graphdef and params."""
   graphdef: Any
   params: Any
+
+
+def _stage_done(r: common.Run, name: str, stage_cfg) -> bool:
+  path = r.workdir / name / "done.json"
+  return path.is_file() and json.loads(path.read_text())["step"] >= int(stage_cfg.steps)
+
+
+def _disc_init(r: common.Run, data: Data, ev: "Evaluator", q0, q0_sh, disc_cfg, disc_psh):
+  """The discriminator's starting parameters: q0's with a zeroed output layer (init 'lm'; r = 1/2 everywhere) or
+  random ones (init 'scratch'), then, with bias_init 'unigram', the output bias set to the best context-free
+  discriminator (dfine.unigram_logit) measured on the first `bias_init_blocks` training blocks."""
+  dcfg = r.config.discriminator
+  if q0_sh is not None:
+    params = jax.jit(dfine.zero_output_layer, out_shardings=disc_psh)(q0)
+  else:
+    params = None
+  if dcfg.get("bias_init", "zero") == "zero":
+    return params
+  if dcfg.bias_init != "unigram":
+    raise InputError(f"discriminator.bias_init={dcfg.bias_init!r} is unknown: use 'zero' or 'unigram'")
+  if not disc_cfg.output_bias:
+    raise InputError("discriminator.bias_init='unigram' sets the output bias, but the model has none: set "
+                     "model.output_bias=True or discriminator.bias_init='zero'")
+  if params is None:
+    params = dfine.init_state(disc_cfg, _opt_cfg(dcfg), jax.random.key(r.config.seed + 17), r.mesh)[0].params
+  blocks = data.blocks["train"][:int(dcfg.bias_init_blocks)]
+  mass_fn = ev._jit(("q0_mass", ev.q0_graphdef), lambda p, b: dfine.q0_mass(ev.q0_graphdef, p, b))
+  mass = np.zeros(data.vocab_size, np.float64)
+  for batch in lm_data.eval_batches(blocks, ev.bs):
+    mass += np.asarray(jax.device_get(mass_fn(q0, shd.put_batch(batch, r.mesh))), np.float64)
+  counts = np.bincount(blocks[:, 1:].ravel(), minlength=data.vocab_size)
+  bias = dfine.unigram_logit(mass, counts)
+  return jax.jit(dfine.set_output_bias_vector, out_shardings=disc_psh)(params, bias)
 
 
 # --- the command -----------------------------------------------------------------------------------------------
@@ -477,8 +510,10 @@ def run(config, workdir) -> dict:
     discs = {}
     for i, base in enumerate(b for b in BASES if any(rb == b for rb, _ in runs)):
       q0 = bases[base]
-      init = jax.jit(dfine.zero_output_layer, out_shardings=disc_psh)(q0) if cfg.discriminator.init == "lm" else None
       name = stage_name("disc", base)
+      init = None
+      if not _stage_done(r, name, cfg.discriminator):
+        init = _disc_init(r, data, ev, q0, lm_psh if cfg.discriminator.init == "lm" else None, disc_cfg, disc_psh)
       discs[base], done = run_stage(
         r, data, name, model_cfg=disc_cfg, stage_cfg=cfg.discriminator, frozen={"q0": q0}, frozen_sh={"q0": lm_psh},
         make_step=lambda g: dfine.make_disc_step(q0_graphdef), step_key=("disc", lm_cfg), init_params=init,
@@ -584,7 +619,8 @@ def write_report(r, data: Data, ev: Evaluator, bases, discs, finetuned, runs, ch
   stage_rows = "\n".join(f"| {name} | {s['step']} | {s.get('wall_seconds', 0.0):.0f} |"
                          for name, s in out["stages"].items())
   md += ("\n\n### Stages\n\n| stage | steps | wall s (run that finished it) |\n|---|---|---|\n" + stage_rows + "\n")
-  md = (f"Command: `{_command()}`\n\nSeed: {cfg.seed}. Wall time of this invocation: {out['wall_seconds'] / 60:.1f} min "
+  md = (f"Command: `{_command()}`\n\nSeed: {cfg.seed}. "
+        f"Wall time of this invocation: {out['wall_seconds'] / 60:.1f} min "
         f"(2-core shared CPU; JAX {jax.__version__}, {len(jax.devices())} device(s)).\n\n" + md)
   title = cfg.report.get("title", "LM fine-tuning with a discriminator")
   md = f"# {title}\n\n" + md
@@ -711,7 +747,8 @@ def _table2(r, data, ev, bases, discs, finetuned, runs, out):
   q0, disc = bases["initial"], discs["initial"]
   initial = {s: ev.finetune(ev.q0_graphdef, q0, q0, disc, s) for s in ("valid", "test") if s in data.blocks}
   rows = [("Initial model", initial)]
-  labels = {"disc": "Without dropout, with discriminator", "nodisc": "Without dropout, without discriminator (r ≡ 1/2)",
+  labels = {"disc": "Without dropout, with discriminator",
+            "nodisc": "Without dropout, without discriminator (r ≡ 1/2)",
             "ce": "Without dropout, cross-entropy only"}
   for (base, variant) in finetuned:
     if base == "initial":

@@ -8,13 +8,13 @@ gan_curves.png, results.json. Every phase resumes from its checkpoints; a finish
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -72,14 +72,14 @@ def _windows_after(tokens: np.ndarray, eos: int, length: int) -> np.ndarray:
   return tokens[starts[:, None] + np.arange(length + 1)[None, :]].astype(np.int32)
 
 
-def text_data(run: common.Run, cfg) -> GANData:
+def text_data(workdir: pathlib.Path, cfg) -> GANData:
   """PTB / text files / TFDS through a tokenizer: G starts after the end-of-sentence token."""
   splits = common.text_splits(cfg.data)
-  tokenizer = common.tokenizer_for(run.workdir, cfg.tokenizer.spec, splits["train"],
+  tokenizer = common.tokenizer_for(workdir, cfg.tokenizer.spec, splits["train"],
                                      cfg.tokenizer.get("vocab_size") or None)
   if tokenizer.eos_id is None:
     raise InputError(f"tokenizer {tokenizer.spec} has no end-of-sequence token: G needs one to start from")
-  blocks = common.lm_blocks(run, cfg.data, tokenizer, splits)
+  blocks = lm_data.lm_blocks(splits, tokenizer, cfg.data.seq_len, cache_dir=workdir / "cache")
   if "valid" not in blocks:
     raise InputError("the corpus has no valid split: BLEU needs held-out sentences, pass data.valid_file")
   eos = tokenizer.eos_id
@@ -116,8 +116,8 @@ def trigram_data(cfg) -> GANData:
                  oracle=oracle)
 
 
-def load_data(run: common.Run, cfg) -> GANData:
-  return trigram_data(cfg) if cfg.data.source == "trigram" else text_data(run, cfg)
+def load_data(workdir: pathlib.Path, cfg) -> GANData:
+  return trigram_data(cfg) if cfg.data.source == "trigram" else text_data(pathlib.Path(workdir), cfg)
 
 
 class RealBatches:
@@ -157,6 +157,12 @@ def check_options(cfg, mesh) -> None:
   if g.init_from and cfg.pretrain.steps > 0:
     raise InputError(f"generator.init_from={g.init_from!r} conflicts with pretrain.steps={cfg.pretrain.steps}: "
                      "G starts from that checkpoint; set pretrain.steps=0 or drop init_from")
+  if cfg.discriminator.init_from_lm and (cfg.discriminator.kind != "transformer" or g.kind != "gpt2"):
+    raise InputError(f"discriminator.init_from_lm=True conflicts with discriminator.kind={cfg.discriminator.kind!r} / "
+                     f"generator.kind={g.kind!r}: D copies G's GPT-2; use both 'transformer'/'gpt2' or set it False")
+  if cfg.discriminator.init_from_lm and not g.init_from and cfg.pretrain.steps <= 0:
+    raise InputError("discriminator.init_from_lm=True needs G's pre-trained LM: set pretrain.steps > 0 or "
+                     "generator.init_from, or set discriminator.init_from_lm=False")
   if cfg.sample.num < 2:
     raise InputError(f"sample.num={cfg.sample.num} gives an empty sample set: Self-BLEU and BLEU need at least 2 "
                      "samples; use e.g. sample.num=400")
@@ -184,18 +190,70 @@ def generator_config(cfg, data: GANData) -> gen_lib.GeneratorConfig:
                                  forbidden_ids=data.forbidden_ids, mlp_hidden=tuple(g.mlp_hidden))
 
 
-def discriminator_config(cfg, data: GANData) -> disc_lib.DiscriminatorConfig:
+def discriminator_config(cfg, data: GANData, lm_cfg: gpt2.GPT2Config) -> disc_lib.DiscriminatorConfig:
+  """D's config; with init_from_lm its encoder is G's LM config (dropout from the discriminator block)."""
   d = cfg.discriminator
+  encoder = lm_cfg.replace(dropout=d.dropout) if d.get("init_from_lm") else None
   return disc_lib.DiscriminatorConfig(kind=d.kind, vocab_size=data.vocab_size, max_len=cfg.generator.length,
                                       n_layer=d.n_layer, d_model=d.d_model, n_head=d.n_head, d_ff=d.d_ff,
                                       dropout=d.dropout, pooling=d.pooling, widths=tuple(d.widths),
-                                      filters=d.filters)
+                                      filters=d.filters, encoder=encoder)
 
 
 def _with_total(opt_cfg, total_steps: int) -> dict:
   out = dict(opt_cfg)
   out["total_steps"] = total_steps
   return out
+
+
+@dataclasses.dataclass
+class Setup:
+  """The static configs of a GAN run and its (initial, sharded) state."""
+  gan_cfg: gan.GANConfig
+  gen_cfg: gen_lib.GeneratorConfig
+  disc_cfg: disc_lib.DiscriminatorConfig
+  lm_cfg: gpt2.GPT2Config
+  state: gan.GANState
+  shardings: object
+
+  def checkpoint_meta(self) -> dict:
+    """What a GAN checkpoint records about the models, compared on resume."""
+    return {"model": dataclasses.asdict(self.lm_cfg), "generator": dataclasses.asdict(self.gen_cfg),
+            "discriminator": dataclasses.asdict(self.disc_cfg), "loss": self.gan_cfg.loss}
+
+
+def setup(cfg, data: GANData, lm_cfg: gpt2.GPT2Config, mesh) -> Setup:
+  gen_cfg = generator_config(cfg, data)
+  if gen_cfg.kind == "gpt2" and gen_cfg.length > lm_cfg.max_len:
+    raise InputError(f"generator.length={gen_cfg.length} exceeds model.max_len={lm_cfg.max_len}: lower the length")
+  disc_cfg = discriminator_config(cfg, data, lm_cfg)
+  g_opt = _with_total(cfg.g_optimizer, cfg.gan.steps)
+  d_opt = _with_total(cfg.d_optimizer, cfg.gan.steps * cfg.gan.n_critic)
+  state, shardings = gan.init_state(gen_cfg, lm_cfg, disc_cfg, g_opt, d_opt, jax.random.key(cfg.seed + 2), mesh)
+  return Setup(gan_config(cfg), gen_cfg, disc_cfg, lm_cfg, state, shardings)
+
+
+def lm_config(cfg, data: GANData) -> gpt2.GPT2Config:
+  """G's GPT-2 config: the init_from checkpoint's, else config.model with the data's vocabulary."""
+  if cfg.generator.init_from:
+    meta, _ = checkpoint.read_meta(_checkpoint_dir(pathlib.Path(cfg.generator.init_from).expanduser()))
+    return gpt2.GPT2Config(**meta["model"])
+  return common.model_config(cfg.model, data.vocab_size)
+
+
+def load_trained(config, workdir, mesh) -> tuple[Setup, GANData]:
+  """The setup of a finished GAN run in `workdir` (run with `config`), its state restored from the last
+  checkpoint, and its data."""
+  workdir = pathlib.Path(workdir)
+  data = load_data(workdir, config)
+  s = setup(config, data, lm_config(config, data), mesh)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+  restored = ckpt.restore_latest(s.state)
+  ckpt.close()
+  if restored is None:
+    raise InputError(f"no GAN checkpoint in {workdir / 'checkpoints'}: train the GAN first")
+  s.state = restored[0]
+  return s, data
 
 
 # --- G's language model: MLE pre-training or an LM checkpoint ----------------------------------------------------
@@ -264,8 +322,7 @@ def pretrain_lm(run: common.Run, cfg, data: GANData, lm_cfg: gpt2.GPT2Config):
     if result.preempted:
       return None, {"preempted": True, "step": result.step}
     state = result.state
-    valid = lm_eval(run, cfg, make_lm_evaluator(lambda p, b: lm.lm_loss(p, state.graphdef, b, None)[1]),
-                    state.params, data.lm_blocks["valid"])
+    valid = lm_eval(run, cfg, make_lm_evaluator(lm_sums(state.graphdef)), state.params, data.lm_blocks["valid"])
     writer.write(steps, valid, "valid")
     writer.close()
     common.write_json(done, {"step": steps, "valid": valid})
@@ -276,9 +333,16 @@ def pretrain_lm(run: common.Run, cfg, data: GANData, lm_cfg: gpt2.GPT2Config):
   return state.params, json.loads(done.read_text())["valid"]
 
 
+@functools.lru_cache(maxsize=32)
 def make_lm_evaluator(sums_fn):
   """jit of `sums_fn(params, batch) -> (nll_sum, correct, count)` as the dict `lm.evaluate` reduces."""
   return jax.jit(lambda p, b: dict(zip(("nll_sum", "correct", "count"), sums_fn(p, b))))
+
+
+@functools.lru_cache(maxsize=32)
+def lm_sums(graphdef):
+  """(params, batch) -> LM sums of a GPT-2 with this graphdef (memoised: one compilation per model)."""
+  return lambda params, batch: lm.lm_loss(params, graphdef, batch, None)[1]
 
 
 def lm_eval(run: common.Run, cfg, eval_jit, params, blocks: np.ndarray) -> dict:
@@ -288,6 +352,7 @@ def lm_eval(run: common.Run, cfg, eval_jit, params, blocks: np.ndarray) -> dict:
   return lm.evaluate(eval_jit, params, batches, lambda b: shd.put_batch(b, run.mesh))
 
 
+@functools.lru_cache(maxsize=32)
 def g_lm_sums(g_graphdef):
   """(g_params, batch) -> LM sums of G's GPT-2 (its likelihood of real text, for NLL-test)."""
   def sums(g_params, batch):
@@ -323,7 +388,8 @@ class GeneratorEval:
                                    seed=seed)
     if self.data.oracle is not None:
       out["nll_oracle"] = metrics.nll_oracle(ids, self.data.oracle.log_prob)
-    if self._lm_eval is not None and with_nll_test and "test" in self.data.lm_blocks:
+    if (self._lm_eval is not None and with_nll_test and self.cfg.eval.get("nll_test", True)
+        and "test" in self.data.lm_blocks):
       test = lm_eval(self.run, self.cfg, self._lm_eval, g_params, self.data.lm_blocks["test"])
       out["nll_test"] = test["nll"]
       out["ppl_test"] = test["perplexity"]
@@ -360,8 +426,12 @@ def _describe(cfg, lm_cfg: gpt2.GPT2Config) -> tuple[str, str]:
   g = cfg.generator
   gen = (f"gpt2 {lm_cfg.n_layer}x{lm_cfg.d_model}" if g.kind == "gpt2" else f"mlp {tuple(g.mlp_hidden)}")
   d = cfg.discriminator
-  disc = (f"transformer {d.n_layer}x{d.d_model} ({d.pooling} pool)" if d.kind == "transformer"
-          else f"cnn widths {tuple(d.widths)} x {d.filters}")
+  if d.kind == "cnn":
+    disc = f"cnn widths {tuple(d.widths)} x {d.filters}"
+  elif d.init_from_lm:
+    disc = f"transformer {lm_cfg.n_layer}x{lm_cfg.d_model} from G's LM ({d.pooling} pool)"
+  else:
+    disc = f"transformer {d.n_layer}x{d.d_model} ({d.pooling} pool)"
   return gen, disc
 
 
@@ -378,7 +448,7 @@ def run(config, workdir) -> dict:
   cfg = config
   r = common.start(cfg, workdir)
   check_options(cfg, r.mesh)
-  gan_cfg = gan_config(cfg)
+  gan_config(cfg)  # fails fast on bad GAN options (e.g. zero tau) before any data is read
   results_path = r.workdir / "results.json"
   if results_path.exists():
     previous = json.loads(results_path.read_text())
@@ -386,9 +456,7 @@ def run(config, workdir) -> dict:
       print(f"{r.workdir} holds a finished run; its results:", flush=True)
       print(summary(previous), flush=True)
       return previous
-  data = load_data(r, cfg)
-  gen_cfg = generator_config(cfg, data)
-  disc_cfg = discriminator_config(cfg, data)
+  data = load_data(r.workdir, cfg)
 
   # Phase 1: G's language model.
   pretrain_valid = None
@@ -404,16 +472,12 @@ def run(config, workdir) -> dict:
       if lm_params is None:
         print(f"SIGTERM: saved MLE pre-training to {r.workdir / 'pretrain'}; run again to resume", flush=True)
         return pretrain_valid
-  if gen_cfg.length > lm_cfg.max_len and gen_cfg.kind == "gpt2":
-    raise InputError(f"generator.length={gen_cfg.length} exceeds model.max_len={lm_cfg.max_len}: lower the length")
 
   # Phase 2: the GAN.
-  g_opt = _with_total(cfg.g_optimizer, cfg.gan.steps)
-  d_opt = _with_total(cfg.d_optimizer, cfg.gan.steps * cfg.gan.n_critic)
-  state, shardings = gan.init_state(gen_cfg, lm_cfg, disc_cfg, g_opt, d_opt, jax.random.key(cfg.seed + 2), r.mesh)
+  s = setup(cfg, data, lm_cfg, r.mesh)
+  gan_cfg, gen_cfg, state, shardings = s.gan_cfg, s.gen_cfg, s.state, s.shardings
   batches = RealBatches(data.real, cfg.gan.batch_size, cfg.gan.n_critic, seed=cfg.seed)
-  expected = {"model": dataclasses.asdict(lm_cfg), "generator": dataclasses.asdict(gen_cfg),
-              "discriminator": dataclasses.asdict(disc_cfg), "loss": cfg.gan.loss}
+  expected = s.checkpoint_meta()
   evaluator = GeneratorEval(r, cfg, data, gan_cfg, gen_cfg, state.g.graphdef)
   ckpt = checkpoint.Checkpointer(r.workdir / "checkpoints", keep=2)
   restored = ckpt.restore_latest(state)
@@ -424,7 +488,8 @@ def run(config, workdir) -> dict:
     batches.restore(meta["data"])
     print(f"resumed the GAN from {r.workdir / 'checkpoints' / str(step)} at step {step}", flush=True)
   elif lm_params is not None:
-    state = jax.jit(gan.with_lm_params, out_shardings=shardings)(state, lm_params)
+    inject = functools.partial(gan.with_lm_params, discriminator=bool(cfg.discriminator.init_from_lm))
+    state = jax.jit(inject, out_shardings=shardings)(state, lm_params)
   if not before_path.exists():
     # G before any GAN step (the restored state may already be past it only if before.json was written).
     before, texts = evaluator(state.g.params, cfg.sample.num, cfg.sample.seed)
@@ -436,7 +501,8 @@ def run(config, workdir) -> dict:
 
   meta_fn = lambda: {"data": batches.state(), "tokenizer": data.spec, "objective": "gan", **expected}
   _, _, train_step = gan.make_steps(gan_cfg, gen_cfg.latent_dim, r.mesh)
-  step_fn = gan.jit_train_step(train_step, r.mesh, shardings)
+  step_fn = gan.jit_train_step(train_step, r.mesh, shardings,
+                               compiler_options=gan.FAST_COMPILE if cfg.gan.fast_compile else None)
   eval_fn = None
   if cfg.gan.eval_every:
     eval_fn = lambda s, step: evaluator(s.g.params, cfg.gan.eval_samples, cfg.sample.seed + 1,

@@ -353,11 +353,9 @@ def check_config(config) -> None:
   if config.data.max_len < 2:
     raise InputError(f"data.max_len={config.data.max_len} is too small: use at least 2 ([CLS] and [SEP])")
   batch_devices = run_batch_devices(config)
-  for name in ("batch_size",):
-    size = config.data[name]
-    if size < 1 or size % batch_devices:
-      raise InputError(f"data.{name}={size} must be a positive multiple of the mesh's data*fsdp size "
-                       f"{batch_devices}: change data.{name} or mesh_shape")
+  if config.data.batch_size < 1 or config.data.batch_size % batch_devices:
+    raise InputError(f"data.batch_size={config.data.batch_size} must be a positive multiple of the mesh's "
+                     f"data*fsdp size {batch_devices}: change it or mesh_shape")
   if config.eval.batch_size < 1 or config.eval.batch_size % batch_devices:
     raise InputError(f"eval.batch_size={config.eval.batch_size} must be a positive multiple of the mesh's "
                      f"data*fsdp size {batch_devices}: change it or mesh_shape")
@@ -409,11 +407,11 @@ def _run_key(fraction, seed: int, method: str) -> str:
 
 def run_experiment(config, workdir) -> dict:
   """Fractions x seeds x methods; the report and figure are rewritten after every run."""
-  t0 = time.perf_counter()
   r = common.start(config, workdir)
   exp = config.experiment
   if exp.compile_cache:
-    # Runs of one experiment compile identical programs (same shapes and schedule); cache them across runs.
+    # Runs in one process already share compiled programs (ganbert.program); this also keeps them across
+    # processes, e.g. when an interrupted experiment is continued.
     jax.config.update("jax_compilation_cache_dir", str(r.workdir / "jax_cache"))
   fractions: Sequence[float | None] = list(exp.fractions) or [None]
   seeds = list(exp.seeds)
@@ -442,6 +440,10 @@ def run_experiment(config, workdir) -> dict:
         print(f"[{key}] {data.summary()}", flush=True)
         result, _, _ = train_and_evaluate(config, data, encoder, method=method, seed=seed,
                                           workdir=r.workdir / key, mesh=r.mesh, show_progress=exp.progress)
+        if result["preempted"]:  # SIGTERM: the unfinished run is not recorded; running again redoes it
+          print(f"[{key}] SIGTERM at step {result['step']}: stopped; run the same command again to continue",
+                flush=True)
+          return {"runs": list(done.values()), "preempted": True}
         result.update(key=key, fraction=fraction)
         print(f"[{key}] accuracy {result['accuracy']:.4f} macro-F1 {result['macro_f1']:.4f} "
               f"({result['steps']} steps, {result['wall_seconds']:.0f} s)", flush=True)
@@ -450,9 +452,9 @@ def run_experiment(config, workdir) -> dict:
           with runs_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(result) + "\n")
         rows = [done[k] for k in done]
-        write_report(config, rows, command, elapsed=time.perf_counter() - t0)
+        write_report(config, rows, command)
   rows = [done[_run_key(f, s, m)] for f in fractions for s in seeds for m in methods]
-  write_report(config, rows, command, elapsed=time.perf_counter() - t0)
+  write_report(config, rows, command)
   summary = summarize(rows)
   common.write_json(r.workdir / "results.json", {"runs": rows, "summary": summary})
   r.writer.close()
@@ -490,7 +492,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
 NOTES_MARKER = "<!-- notes: text below this line is kept when the report is rewritten -->"
 
 
-def write_report(config, rows: Sequence[dict], command: str, elapsed: float) -> None:
+def write_report(config, rows: Sequence[dict], command: str) -> None:
   """Markdown table (mean +- std and every run) and the figure; hand-written notes below NOTES_MARKER survive."""
   if jax.process_index() != 0 or not rows:
     return
@@ -509,8 +511,9 @@ def write_report(config, rows: Sequence[dict], command: str, elapsed: float) -> 
   lines = [
     f"# GAN-BERT vs. supervised baseline: {exp.title or first['data']}", "",
     f"Command (repository root): `{command}`", "",
-    f"Wall time of this invocation: {elapsed / 60:.1f} min for the {len(rows)} runs listed (runs finished by an "
-    f"earlier invocation keep their own times). Machine: {os.cpu_count()} CPU cores shared with other jobs; the "
+    f"Wall time: {sum(row['wall_seconds'] for row in rows) / 60:.1f} min summed over the {len(rows)} runs "
+    f"(each run's own time, with compilation and test evaluation, is listed below; a run finished by an earlier "
+    f"invocation of the command is not run again). Machine: {os.cpu_count()} CPU cores shared with other jobs; the "
     f"1-minute load average at the start and end of each run is listed (above {os.cpu_count()} means the cores "
     f"were oversubscribed).", "",
     "## Setup", "",

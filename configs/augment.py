@@ -1,0 +1,68 @@
+"""GAN data augmentation of an LM (GAN seed section 4.3, eq. 11-12), with the two controls a gain needs.
+
+python -m jaxtextgan.main --config=configs/augment.py                 # workdir: workdirs/augment
+
+1. The base LM: `lm_workdir` (a finished `objective='lm'` workdir), or trained here from `model`/`optimizer`/`train`.
+2. A GAN whose generator starts from that LM (`gan`: a full configs/gan.py config; its data, tokenizer, seed and
+   init_from are set from this config, its generator length to data.seq_len).
+3. N = ratio x |D_real| synthetic sequences from G (hard Gumbel-Softmax one-hots -> ids -> text), and N plain LM
+   samples at the same temperature (a hard Gumbel-Softmax sample is an exact draw from softmax(logits / T)).
+4. The base LM fine-tuned for the same steps on D_real, D_real + LM samples and D_real + GAN samples (eq. 12);
+   validation/test perplexity and next-token accuracy of each, and of the base LM, in results.md.
+"""
+
+import dataclasses
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from jaxtextgan.models.gpt2 import GPT2Config
+
+
+def _gan_defaults() -> ml_collections.ConfigDict:
+  """configs/gan.py's config, loaded by path so this file works wherever it is imported from."""
+  spec = importlib.util.spec_from_file_location("_jaxtextgan_gan_config", pathlib.Path(__file__).with_name("gan.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  fields = {f.name: f.default for f in dataclasses.fields(GPT2Config)}
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.objective = "augment"
+  c.seed = 0
+  c.mesh_shape = (-1, 1, 1)
+  c.data = ml_collections.ConfigDict(dict(
+    source="ptb", train_file="", valid_file="", test_file="", tfds_name="", tfds_data_dir="", text_key="text",
+    seq_len=32, batch_size=32))
+  c.tokenizer = ml_collections.ConfigDict(dict(spec="word", vocab_size=0))
+
+  # The base LM: an existing LM workdir, or trained here (into <workdir>/base) when empty.
+  c.lm_workdir = ""
+  c.model = model_config(vocab_size=0, n_layer=2, d_model=128, n_head=4, d_ff=512, max_len=64, dropout=0.1)
+  c.optimizer = ml_collections.ConfigDict(dict(
+    lr=3e-3, total_steps=1000, warmup_steps=100, end_lr_fraction=0.05, schedule="cosine", b1=0.9, b2=0.98,
+    eps=1e-8, weight_decay=0.1, grad_clip_norm=1.0))
+  c.train = ml_collections.ConfigDict(dict(steps=1000, log_every=100, eval_every=0, checkpoint_every=500,
+                                           keep_checkpoints=1))
+  c.optimizer.total_steps = c.train.get_ref("steps")
+
+  c.gan = _gan_defaults()
+  c.gan.gan.steps = 200
+
+  # ratio: synthetic sequences per real training sequence in D_aug = D_real + D_synthetic (eq. 11).
+  c.augment = ml_collections.ConfigDict(dict(ratio=0.1, temperature=1.0, sample_batch=256, steps=300,
+                                             log_every=100, checkpoint_every=0, splits=("valid", "test")))
+  c.finetune_optimizer = ml_collections.ConfigDict(dict(
+    lr=3e-4, warmup_steps=0, end_lr_fraction=0.1, schedule="cosine", b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.1,
+    grad_clip_norm=1.0))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+  c.sample = ml_collections.ConfigDict(dict(num=16, length=32, temperature=1.0, top_k=0, top_p=1.0, seed=0))
+  return c

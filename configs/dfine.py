@@ -1,0 +1,66 @@
+"""Fine-tuning a GPT-2 LM with a discriminator on Penn Treebank, Table 2 style (Popov & Kudinov §4.1).
+
+One command runs initial LM -> discriminator -> fine-tuning with the discriminator, and the "without
+discriminator" ablation (r ≡ 1/2); each stage checkpoints in its own subdirectory and resumes:
+
+python -m jaxtextgan.main --config=configs/dfine.py --workdir=workdirs/dfine_ptb
+
+Sized for a shared 2-core CPU (the whole command in about 25 minutes). Start from an existing LM workdir
+(configs/lm.py) with --config.init_lm.workdir=DIR and the matching --config.model.* fields.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from jaxtextgan.models.gpt2 import GPT2Config
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """Every GPT2Config field, so each can be overridden as --config.model.<field>=value."""
+  fields = {f.name: f.default for f in dataclasses.fields(GPT2Config)}
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def optimizer(lr, warmup=0, schedule="cosine", weight_decay=0.0, clip=0.25, name="adamw"):
+  """AdamW (or name='sgd') with warmup, decay to 10% (cosine) or a constant rate, and global-norm clipping."""
+  return ml_collections.ConfigDict(dict(name=name, lr=lr, warmup_steps=warmup, end_lr_fraction=0.1,
+                                        schedule=schedule, b1=0.9, b2=0.98, eps=1e-8, weight_decay=weight_decay,
+                                        grad_clip_norm=clip))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.objective = "dfine"
+  c.seed = 0
+  c.mesh_shape = (-1, 1, 1)
+  c.keep_checkpoints = 2
+  c.progress = True
+
+  c.data = ml_collections.ConfigDict(dict(
+    source="ptb", train_file="", valid_file="", test_file="", tfds_name="", tfds_data_dir="", text_key="text",
+    seq_len=32, batch_size=32))
+  c.tokenizer = ml_collections.ConfigDict(dict(spec="word", vocab_size=0))
+  # The discriminator shares this architecture; an untied output layer and bias let it start at r = 1/2.
+  c.model = model_config(vocab_size=0, n_layer=2, d_model=128, n_head=4, d_ff=512, max_len=32, dropout=0.1,
+                         tie_embeddings=False, output_bias=True)
+  # A non-empty workdir takes stage 1 from an existing LM run instead of training it here.
+  c.init_lm = ml_collections.ConfigDict(dict(workdir=""))
+
+  c.lm = ml_collections.ConfigDict(dict(steps=1000, log_every=50, checkpoint_every=250,
+                                        optimizer=optimizer(3e-3, warmup=100, weight_decay=0.1, clip=1.0)))
+  # §4.1: the discriminator is trained with the LM's dropout; 'lm' copies q0's weights with a zeroed output layer.
+  c.discriminator = ml_collections.ConfigDict(dict(
+    init="lm", bias_init="unigram",
+    bias_init_blocks=4000, model_overrides=ml_collections.ConfigDict(dict(dropout=0.1)), steps=400, log_every=50,
+    checkpoint_every=200, optimizer=optimizer(1e-3, warmup=50, clip=1.0)))
+  # §4.1: fine-tuning without dropout. runs: 'base:variant', variant disc | nodisc (r ≡ 1/2) | ce.
+  c.finetune = ml_collections.ConfigDict(dict(
+    loss="dfine", eps=1e-7, dropout=0.0, runs=("initial:disc", "initial:nodisc"), steps=200, log_every=25,
+    checkpoint_every=100, probe_every=0, valid_every=0, optimizer=optimizer(1e-4, schedule="constant", clip=0.25)))
+  c.perturb = ml_collections.ConfigDict(dict(enabled=False, rank=60, bias=-20.0))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+  c.report = ml_collections.ConfigDict(dict(title="LM fine-tuning with a discriminator: PTB, Table 2 style",
+                                            markdown="results/dfine_ptb.md", figure="", frequent=50))
+  return c

@@ -1,0 +1,75 @@
+"""GAN-BERT (seed: Croce et al. 2020) with the bundled MiniLM encoder, sized for a 2-core CPU.
+
+One model (TREC fine, the release's 109-labeled split), then label texts with it:
+  python -m jaxtextgan.main --config=configs/ganbert.py --workdir=workdirs/ganbert
+  python -m jaxtextgan.predict --workdir=workdirs/ganbert --input=questions.txt
+Experiments (GAN-BERT vs. the supervised baseline, >= 3 seeds; write results/ganbert_<dataset>.md and .png):
+  python -m jaxtextgan.main --config=configs/ganbert.py:trec_experiment --workdir=workdirs/ganbert_trec
+  python -m jaxtextgan.main --config=configs/ganbert.py:bbc_experiment --workdir=workdirs/ganbert_bbc
+Other data: --config.data.source=files --config.data.train_file=train.csv --config.data.test_file=test.csv
+(rows without a label are unlabeled; --config.data.text_column / label_column name the columns).
+"""
+
+import os
+import pathlib
+
+import ml_collections
+
+_SHARED = pathlib.Path(os.environ.get("JAXTEXTGAN_SHARED", pathlib.Path(__file__).resolve().parents[1].parent
+                                      / "shared"))
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.objective = "ganbert"
+  c.mode = "train"  # 'train' one model, or 'experiment' (fractions x seeds x methods)
+  c.method = "ganbert"  # or 'baseline' (same encoder + head, labeled rows only)
+  c.seed = 0
+  c.mesh_shape = (-1, 1, 1)
+
+  c.data = ml_collections.ConfigDict(dict(
+    source="trec",  # trec | bbc | files
+    trec_dir=str(_SHARED / "data" / "trec"), granularity="fine",
+    labeled_fraction=0.1, test_fraction=0.2, bbc_dir="",  # bbc: labeled share of the non-test articles
+    train_file="", test_file="", unlabeled_file="", text_column="text", label_column="label", label_names="",
+    unlabeled_multiplier=100,  # |U| <= 100 |L| (paper, sec. 4); 0: all
+    max_unlabeled=0,  # a further cap on |U| for compute; 0: none
+    max_len=64, batch_size=64,  # the release's max_seq_length and train_batch_size
+    pad_multiple=16))  # batches are cut to their longest row rounded up to this (0: always max_len)
+  c.model = ml_collections.ConfigDict(dict(
+    encoder_dir="",  # a Hugging Face BERT directory; '' = the bundled all-MiniLM-L6-v2
+    encoder_dropout=-1.0,  # < 0: the checkpoint's own dropout rates
+    # MiniLM was trained as a sentence encoder with mean pooling; its pooler is a leftover. 'pooler' = release.
+    pooling="mean",
+    latent_dim=100, d_hidden=0, g_hidden=0,  # 0: the encoder width, as in the release
+    dropout=0.1, epsilon=1e-8, feature_matching="mean", noise="normal"))
+  c.optimizer = ml_collections.ConfigDict(dict(
+    lr=5e-5, g_lr=0.0,  # g_lr 0: same as lr (release)
+    warmup_proportion=0.1, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, grad_clip_norm=1.0))
+  # GAN-BERT trains `steps` iterations if > 0, else `epochs` over its replicated training set; the baseline gets the
+  # same number of passes over each labeled example.
+  c.train = ml_collections.ConfigDict(dict(epochs=2.0, steps=0, log_every=10, checkpoint_every=0,
+                                           keep_checkpoints=1, tensorboard=True,
+                                           fast_compile=False))  # True: XLA -O0, for tiny models
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+  c.experiment = ml_collections.ConfigDict(dict(
+    fractions=(), seeds=(0, 1, 2), methods=("ganbert", "baseline"), report="", figure="", title="",
+    compile_cache=False, progress=True, command=""))
+
+  if preset == "trec_experiment":
+    c.mode = "experiment"
+    c.train.tensorboard = False
+    c.experiment.update(dict(report="results/ganbert_trec.md", figure="results/ganbert_trec.png",
+                             title="TREC fine (109 labeled, GAN-BERT release split)"))
+  elif preset == "bbc_experiment":
+    # 30 runs (5 fractions x 3 seeds x 2 methods) within ~25 min on 2 shared cores: max_len 64 (headline and first
+    # sentence), batch 16, a fixed 20 GAN-BERT iterations per run (a fraction of an epoch; every run then shares
+    # one compiled program), and a 10% test split (213 articles) to keep evaluation cheap.
+    c.mode = "experiment"
+    c.data.update(dict(source="bbc", max_len=64, batch_size=16, test_fraction=0.1))
+    c.train.update(dict(epochs=0.0, steps=20, tensorboard=False))
+    c.experiment.update(dict(fractions=(0.01, 0.02, 0.05, 0.1, 0.5), report="results/ganbert_bbc.md",
+                             figure="results/ganbert_bbc.png", title="BBC News (5 classes)"))
+  elif preset:
+    raise ValueError(f"unknown preset {preset!r}: use trec_experiment or bbc_experiment")
+  return c

@@ -1,0 +1,57 @@
+"""Table 1 of the GAN seed at CPU scale: 12 vs 24 layers, + GAN augmentation, and the two controls, on PTB.
+
+python -m jaxtextgan.main --config=configs/table1.py                  # workdir: workdirs/table1
+
+Trains a 12-layer and a 24-layer GPT-2 (the gpt2 presets cpu_12l / cpu_24l at the width set in `width`), then runs
+objective='augment' on the 24-layer model: a GAN from it, and three fine-tunings for the same steps (D_real,
+D_real + LM samples, D_real + GAN samples). Writes `output` (results/table1.md) with the command, seed and wall
+time. Every stage resumes from its checkpoints; sized for about 40 minutes on a 2-core CPU.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _sibling(name: str):
+  spec = importlib.util.spec_from_file_location(f"_jaxtextgan_{name}_config",
+                                                pathlib.Path(__file__).with_name(f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.objective = "table1"
+  c.seed = 0
+  c.mesh_shape = (-1, 1, 1)
+  c.output = "results/table1.md"
+  c.command = "python -m jaxtextgan.main --config=configs/table1.py"
+  c.data = ml_collections.ConfigDict(dict(
+    source="ptb", train_file="", valid_file="", test_file="", tfds_name="", tfds_data_dir="", text_key="text",
+    seq_len=24, batch_size=16))
+  c.tokenizer = ml_collections.ConfigDict(dict(spec="word", vocab_size=0))
+
+  # Both depths share the width; each preset's depth is kept.
+  c.width = ml_collections.ConfigDict(dict(d_model=64, n_head=4, d_ff=256, max_len=64, dropout=0.1))
+  c.lm12 = ml_collections.ConfigDict(dict(preset="cpu_12l", steps=600))
+  c.lm24 = ml_collections.ConfigDict(dict(preset="cpu_24l", steps=600))
+  c.optimizer = ml_collections.ConfigDict(dict(
+    lr=2e-3, warmup_steps=60, end_lr_fraction=0.05, schedule="cosine", b1=0.9, b2=0.98, eps=1e-8,
+    weight_decay=0.1, grad_clip_norm=1.0))
+  c.train = ml_collections.ConfigDict(dict(log_every=100, eval_every=0, checkpoint_every=300, keep_checkpoints=1))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+  c.sample = ml_collections.ConfigDict(dict(num=8, length=24, temperature=1.0, top_k=0, top_p=1.0, seed=0))
+
+  # The augmentation stage: configs/augment.py's GAN, ratio, temperature and fine-tuning (data etc. set from here).
+  aug = _sibling("augment").get_config()
+  c.gan = aug.gan
+  c.gan.gan.update(dict(steps=80, batch_size=8, log_every=20, checkpoint_every=40))
+  c.gan.sample.num = 200
+  c.gan.eval.nll_test = False  # the table's perplexities come from the fine-tuned LMs
+  c.augment = aug.augment
+  c.augment.update(dict(ratio=0.05, steps=150, splits=("test",)))
+  c.finetune_optimizer = aug.finetune_optimizer
+  return c

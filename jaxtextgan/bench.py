@@ -1,0 +1,798 @@
+"""Training-step benchmark: jaxtextgan's objectives against Hugging Face GPT-2 in PyTorch and Flax, in one run.
+
+python -m jaxtextgan.bench --size=gpt2_small --batch=8 --seq=128 --steps=7 --json=bench.json
+
+Protocol. The driver (this process, which never imports JAX) starts one worker subprocess per (framework,
+objective), so each worker's peak RSS is its own. Workers are set up one at a time: import, build, compile (timed),
+then `--warmup` untimed steps, so no compilation overlaps another worker's. Then, for `--steps` rounds, the driver
+asks every live worker in turn for one timed step (the order rotates each round: A B C, B C A, ...), so a change in
+background load hits every worker alike; only one worker computes at any time. A worker times its own step
+(`perf_counter` around the step and a host sync), so the pipe round-trip is not counted; it also reports the CPU
+seconds of the step, whose ratio to the wall time says how many cores it really got. The machine's fp32 matmul
+peak is one more worker in the same rounds: a jitted N x N fp32 matmul (N = `--peak_n`), timed like a step.
+Phases: the LM and its peers alternate together; every other objective then runs in a phase of its own (with the
+peak worker), so only one GPT-2-sized training state of ours is alive at a time. `--sequential` gives every worker
+its own phase (for models whose workers do not fit in memory together; then ours and the peer no longer
+alternate with each other, only with the peak). `--parallel_setup` is for smoke tests only (compiles overlap).
+Reported per worker: median step time, tokens/s, compile time (lower + compile; 0 for eager PyTorch), time of the
+first step, peak RSS (`ru_maxrss`, whole process: imports, init, compile and steps), FLOPs per step with their
+source, achieved GFLOP/s and the fraction of the matmul peak; and ours / peer ratios for the LM.
+
+FLOPs. The LM (ours and the peers, identical models) uses 6N + 12*L*d*T per token (`dryrun.lm_flops_per_token`).
+The other objectives use the matmul FLOPs of the step's jaxpr, with every `lax.scan` body multiplied by its length
+(XLA's `cost_analysis()`, also reported, counts a scanned body once, so it undercounts scanned models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+OBJECTIVES = ("lm", "gan", "ganbert", "dfine")
+PEERS = ("torch", "flax")
+SIZES = ("tiny", "gpt2_small", "gpt2_24l")
+
+# GAN-BERT's encoder at each size: BERT widths matching the GPT-2 preset of the same name.
+BERT_SIZES = {
+  "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+               max_position_embeddings=64),
+  "gpt2_small": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+  "gpt2_24l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m jaxtextgan.bench", description=__doc__.split("\n\n")[0])
+  p.add_argument("--size", default="gpt2_small", choices=SIZES, help="GPT-2 preset (models/gpt2.py PRESETS)")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq", type=int, default=128)
+  p.add_argument("--steps", type=int, default=7, help="timed rounds (one step of every worker per round)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps per worker after compiling")
+  p.add_argument("--peers", default="torch,flax", help="comma list of torch, flax; empty for none")
+  p.add_argument("--objectives", default="lm", help="comma list of lm, gan, ganbert, dfine")
+  p.add_argument("--vocab", type=int, default=0, help="vocabulary size; 0 = the preset's (GPT-2's 50257)")
+  p.add_argument("--dropout", type=float, default=0.1, help="GPT-2's default; the same in every framework")
+  p.add_argument("--lr", type=float, default=1e-4)
+  p.add_argument("--weight_decay", type=float, default=0.01)
+  p.add_argument("--grad_clip", type=float, default=1.0)
+  p.add_argument("--peak_n", type=int, default=4096, help="side of the fp32 matmul that measures the peak")
+  p.add_argument("--threads", type=int, default=0, help="PyTorch threads; 0 = the cores this process may use")
+  p.add_argument("--json", default="", help="write the report here")
+  p.add_argument("--profile", default="", help="directory: trace one extra step of each JAX worker here")
+  p.add_argument("--gan_len", type=int, default=32,
+                 help="tokens G generates per sample in the GAN step (configs/gan.py uses 20)")
+  p.add_argument("--sequential", action="store_true",
+                 help="one worker at a time (each alternating only with the peak worker): when the workers "
+                      "together do not fit in memory")
+  p.add_argument("--parallel_setup", action="store_true",
+                 help="smoke runs: set workers up concurrently (their compile times then overlap and mean little)")
+  p.add_argument("--verbose", action="store_true", help="show the workers' stderr")
+  p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  args.peer_list = [x for x in args.peers.split(",") if x]
+  args.objective_list = [x for x in args.objectives.split(",") if x]
+  for x in args.peer_list:
+    if x not in PEERS:
+      p.error(f"--peers: {x!r} is unknown; use a comma list of {', '.join(PEERS)}")
+  for x in args.objective_list:
+    if x not in OBJECTIVES:
+      p.error(f"--objectives: {x!r} is unknown; use a comma list of {', '.join(OBJECTIVES)}")
+  if args.steps < 1 or args.batch < 1 or args.seq < 2:
+    p.error("--steps and --batch must be positive and --seq at least 2")
+  return args
+
+
+def cores() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def peak_rss_mb() -> float:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+# ----------------------------------------------------------------------------------------------- FLOP counting
+
+
+def jaxpr_matmul_flops(closed_jaxpr) -> float:
+  """2 * MACs of every dot_general in a (closed) jaxpr; a scan body counts `length` times, a cond its dearest
+  branch, a while body once (its trip count is not static)."""
+  import numpy as np
+  from jax.extend import core
+
+  def walk(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+      name = eqn.primitive.name
+      if name == "dot_general":
+        lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+        (_, rc), (_, rb) = eqn.params["dimension_numbers"]
+        free = [d for i, d in enumerate(rhs) if i not in rc and i not in rb]
+        total += 2.0 * float(np.prod(lhs)) * float(np.prod(free))
+        continue
+      if name == "cond":
+        total += max(walk(b.jaxpr) for b in eqn.params["branches"])
+        continue
+      mult = float(eqn.params["length"]) if name == "scan" else 1.0
+      for v in eqn.params.values():
+        for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+          if isinstance(sub, core.ClosedJaxpr):
+            total += mult * walk(sub.jaxpr)
+          elif isinstance(sub, core.Jaxpr):
+            total += mult * walk(sub)
+    return total
+
+  return walk(closed_jaxpr.jaxpr)
+
+
+def xla_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------------ workers
+
+
+def _opt_cfg(args) -> dict:
+  # Constant learning rate: the schedule does not change the work, and every peer gets the same AdamW.
+  return dict(lr=args.lr, total_steps=1_000_000, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
+              weight_decay=args.weight_decay, grad_clip_norm=args.grad_clip)
+
+
+def _tokens(args, vocab: int, seed: int = 0):
+  import numpy as np
+  ids = np.random.default_rng(seed).integers(0, vocab, (args.batch, args.seq + 1)).astype(np.int32)
+  return ids[:, :-1], ids[:, 1:]
+
+
+def _gpt2_cfg(args):
+  from jaxtextgan.models import gpt2
+  base = gpt2.preset(args.size)
+  return gpt2.preset(args.size, dropout=args.dropout, max_len=max(base.max_len, args.seq),
+                     vocab_size=args.vocab or base.vocab_size)
+
+
+class JaxWorker:
+  """Shared by the JAX workers: AOT compile timing, a profile of one step, and the steady-state loop."""
+
+  def __init__(self, args):
+    import jax
+    # Compile time must be measured cold: no persistent compilation cache.
+    jax.config.update("jax_enable_compilation_cache", False)
+    self.args = args
+    self.info: dict[str, Any] = {"framework": "jax " + jax.__version__, "devices": 1}
+
+  def mesh(self):
+    import jax
+    from jaxtextgan import sharding as shd
+    return shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+  def compile(self, jitted, *example):
+    """AOT lower + compile (timed), returning the executable; also XLA's FLOP count."""
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*example).compile()
+    self.info["compile_seconds"] = self.info.get("compile_seconds", 0.0) + time.perf_counter() - t0
+    self.info["xla_flops_per_step"] = self.info.get("xla_flops_per_step", 0.0) + xla_flops(compiled)
+    return compiled
+
+  def count_flops(self, fn, *example):
+    import jax
+    self.info["jaxpr_matmul_flops_per_step"] = (self.info.get("jaxpr_matmul_flops_per_step", 0.0)
+                                               + jaxpr_matmul_flops(jax.make_jaxpr(fn)(*example)))
+
+  def sync(self, out):
+    import jax
+    jax.block_until_ready(out)
+
+  def profile(self, directory: str) -> dict:
+    import jax
+    path = os.path.join(directory, self.name)
+    with jax.profiler.trace(path):
+      self.step()
+    return {"trace_dir": path, **summarize_trace(path)}
+
+
+class OursLM(JaxWorker):
+  name = "jaxtextgan:lm"
+
+  def setup(self):
+    import jax
+    import jax.numpy as jnp
+    from jaxtextgan import dryrun
+    from jaxtextgan import sharding as shd
+    from jaxtextgan.models import gpt2
+    from jaxtextgan.objectives import lm
+    args, cfg = self.args, _gpt2_cfg(self.args)
+    mesh = self.mesh()
+    self.state, shardings = lm.init_state(cfg, _opt_cfg(args), jax.random.key(0), mesh)
+    inputs, targets = _tokens(args, cfg.vocab_size)
+    self.batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
+    self.rng = jax.random.key(1)
+    batch_sh = {k: shd.batch_sharding(mesh, 2) for k in self.batch}
+    jitted = lm.jit_train_step(mesh, shardings, batch_sh)
+    self.count_flops(lm.train_step, self.state, self.batch, self.rng)
+    self.fn = self.compile(jitted, self.state, self.batch, self.rng)
+    n = gpt2.count_params(self.state.params)
+    tokens = args.batch * args.seq
+    self.info.update(params=n, tokens_per_step=tokens, flops_source="6N + 12*L*d*T per token",
+                     flops_per_step=tokens * dryrun.lm_flops_per_token(n, cfg.n_layer, cfg.d_model, args.seq))
+
+  def step(self):
+    self.state, metrics = self.fn(self.state, self.batch, self.rng)
+    self.sync(metrics)
+
+
+class OursGAN(JaxWorker):
+  """The Gumbel-Softmax text GAN (objectives/gan.py): one train_step = one critic step + one generator step."""
+  name = "jaxtextgan:gan"
+
+  def setup(self):
+    import jax
+    import jax.numpy as jnp
+    from jaxtextgan.models import discriminator as disc_lib
+    from jaxtextgan.models import generator as gen_lib
+    from jaxtextgan.objectives import gan
+    args, lm_cfg = self.args, _gpt2_cfg(self.args)
+    # G decodes gan_len tokens (the backward pass keeps every step's KV cache, so memory grows with gan_len^2).
+    gen_cfg = gen_lib.GeneratorConfig(kind="gpt2", length=args.gan_len, latent_dim=64)
+    # D: a Transformer critic of G's own size (configs/gan.py's default loss, WGAN-GP).
+    disc_cfg = disc_lib.DiscriminatorConfig(kind="transformer", vocab_size=lm_cfg.vocab_size, max_len=args.gan_len,
+                                            n_layer=lm_cfg.n_layer, d_model=lm_cfg.d_model, n_head=lm_cfg.n_head,
+                                            d_ff=lm_cfg.d_ff, dropout=args.dropout)
+    cfg = gan.GANConfig(loss="wgan-gp", n_critic=1, batch_size=args.batch)
+    mesh = self.mesh()
+    opt = _opt_cfg(args)
+    self.state, shardings = gan.init_state(gen_cfg, lm_cfg, disc_cfg, opt, opt, jax.random.key(0), mesh)
+    real, _ = _tokens(args, lm_cfg.vocab_size)
+    self.batch = {"real": jnp.asarray(real)[:, None, :args.gan_len]}
+    self.rng = jax.random.key(1)
+    _, _, train_step = gan.make_steps(cfg, gen_cfg.latent_dim, mesh)
+    self.count_flops(train_step, self.state, self.batch, self.rng)
+    self.fn = self.compile(gan.jit_train_step(train_step, mesh, shardings), self.state, self.batch, self.rng)
+    self.info.update(tokens_per_step=args.batch * args.gan_len,
+                     flops_source="jaxpr matmuls (scan bodies x length)",
+                     note=f"WGAN-GP, n_critic=1, G = GPT-2 decoding {args.gan_len} tokens with a KV cache, "
+                          "D = a Transformer of G's size; tokens = generated tokens")
+
+  def step(self):
+    self.state, metrics = self.fn(self.state, self.batch, self.rng)
+    self.sync(metrics)
+
+
+class OursGanBert(JaxWorker):
+  """GAN-BERT (objectives/ganbert.py): one iteration = d_step + g_step on a batch."""
+  name = "jaxtextgan:ganbert"
+
+  def setup(self):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jaxtextgan.models import bert
+    from jaxtextgan.objectives import ganbert
+    args = self.args
+    bert_cfg = bert.BertConfig(**{**BERT_SIZES[args.size], "hidden_dropout_prob": args.dropout,
+                                  "attention_probs_dropout_prob": args.dropout,
+                                  "max_position_embeddings": max(args.seq, BERT_SIZES[args.size].get(
+                                    "max_position_embeddings", 512)),
+                                  **({"vocab_size": args.vocab} if args.vocab else {})})
+    cfg = ganbert.GanBertConfig(num_classes=6)
+    mesh = self.mesh()
+    opt = _opt_cfg(args)
+    prog = ganbert.program(bert_cfg, cfg, opt, opt, mesh)
+    self.state = prog.init_random(jax.random.key(0))
+    ids, _ = _tokens(args, bert_cfg.vocab_size)
+    labels = np.random.default_rng(1).integers(-1, cfg.num_classes, (args.batch,)).astype(np.int32)
+    self.batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones_like(jnp.asarray(ids)),
+                  "labels": jnp.asarray(labels)}
+    self.rng = jax.random.key(1)
+    d_step, g_step, _, _ = ganbert.make_steps(cfg, mesh)
+    self.count_flops(d_step, self.state, self.batch, self.rng)
+    self.count_flops(g_step, self.state, self.batch, self.rng)
+    self.d = self.compile(prog.steps["d_step"], self.state, self.batch, self.rng)
+    self.g = self.compile(prog.steps["g_step"], self.state, self.batch, self.rng)
+    self.info.update(tokens_per_step=args.batch * args.seq, flops_source="jaxpr matmuls (scan bodies x length)",
+                     note=f"BERT {bert_cfg.num_hidden_layers}x{bert_cfg.hidden_size}, 6 classes; d_step + g_step")
+
+  def step(self):
+    self.state, _ = self.d(self.state, self.batch, self.rng)
+    self.state, metrics = self.g(self.state, self.batch, self.rng)
+    self.sync(metrics)
+
+
+class OursDfine(JaxWorker):
+  """Fine-tuning with a discriminator (objectives/dfine.py): the eq. (12) step, q0 and D frozen."""
+  name = "jaxtextgan:dfine"
+
+  def setup(self):
+    import jax
+    import jax.numpy as jnp
+    from jaxtextgan import sharding as shd
+    from jaxtextgan.objectives import dfine
+    args, cfg = self.args, _gpt2_cfg(self.args)
+    mesh = self.mesh()
+    opt = _opt_cfg(args)
+    self.state, shardings = dfine.init_state(cfg, opt, jax.random.key(0), mesh)
+    _, param_sh = dfine.param_shardings(cfg, mesh)
+    q0, _ = dfine.init_state(cfg, opt, jax.random.key(2), mesh)
+    disc, _ = dfine.init_state(cfg, opt, jax.random.key(3), mesh)
+    self.frozen = dfine.frozen_tree(q0=q0.params, disc=disc.params)
+    del q0, disc  # their optimizer states are not needed
+    frozen_sh = {"q0": param_sh, "disc": param_sh}
+    inputs, targets = _tokens(args, cfg.vocab_size)
+    self.batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
+    batch_sh = {k: shd.batch_sharding(mesh, 2) for k in self.batch}
+    self.rng = jax.random.key(1)
+    graphdef = dfine.graphdef_of(cfg)
+    step = dfine.make_finetune_step(graphdef, graphdef, kind="dfine")
+    self.count_flops(step, self.state, self.frozen, self.batch, self.rng)
+    jitted = dfine.jit_stage(step, mesh, shardings, frozen_sh, batch_sh)
+    self.fn = self.compile(jitted, self.state, self.frozen, self.batch, self.rng)
+    self.info.update(tokens_per_step=args.batch * args.seq, flops_source="jaxpr matmuls (scan bodies x length)",
+                     note="fine-tune stage: q0 and D forward, the model forward + backward + AdamW")
+
+  def step(self):
+    self.state, metrics = self.fn(self.state, self.frozen, self.batch, self.rng)
+    self.sync(metrics)
+
+
+def _hf_config(args, cfg):
+  from transformers import GPT2Config
+  return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
+                    n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function="gelu_new", resid_pdrop=args.dropout,
+                    embd_pdrop=args.dropout, attn_pdrop=args.dropout, layer_norm_epsilon=cfg.norm_eps)
+
+
+class TorchLM:
+  """transformers' GPT2LMHeadModel, eager PyTorch, torch.optim.AdamW with the same hyper-parameters."""
+  name = "torch:lm"
+
+  def __init__(self, args):
+    import torch
+    import transformers
+    torch.set_num_threads(args.threads or cores())
+    self.args = args
+    self.info = {"framework": f"torch {torch.__version__}, transformers {transformers.__version__}",
+                 "threads": torch.get_num_threads(), "compile_seconds": 0.0}
+
+  def setup(self):
+    import torch
+    from transformers import GPT2LMHeadModel
+    from jaxtextgan import dryrun
+    args, cfg = self.args, _gpt2_cfg(self.args)
+    torch.manual_seed(0)
+    self.model = GPT2LMHeadModel(_hf_config(args, cfg))
+    self.model.train()
+    decay = [p for p in self.model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+    self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    inputs, targets = _tokens(args, cfg.vocab_size)
+    self.inputs, self.targets = torch.from_numpy(inputs).long(), torch.from_numpy(targets).long()
+    n = sum(p.numel() for p in self.model.parameters())
+    tokens = args.batch * args.seq
+    self.info.update(params=n, tokens_per_step=tokens, flops_source="6N + 12*L*d*T per token",
+                     attn_implementation=self.model.config._attn_implementation,
+                     flops_per_step=tokens * dryrun.lm_flops_per_token(n, cfg.n_layer, cfg.d_model, args.seq))
+
+  def step(self):
+    import torch
+    logits = self.model(self.inputs).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1))
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+    self.opt.step()
+    loss.item()
+
+
+class FlaxLM(JaxWorker):
+  """transformers' FlaxGPT2LMHeadModel (Flax linen) under jax.jit, optax AdamW, the old state donated."""
+  name = "flax:lm"
+
+  def setup(self):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import transformers
+    from transformers import FlaxGPT2LMHeadModel
+    from jaxtextgan import dryrun
+    args, cfg = self.args, _gpt2_cfg(self.args)
+    self.info["framework"] += f", flax {_version('flax')}, transformers {transformers.__version__}"
+    model = FlaxGPT2LMHeadModel(_hf_config(args, cfg), seed=0, dtype=jnp.float32)
+    decay_mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
+    tx = optax.chain(optax.clip_by_global_norm(args.grad_clip),
+                     optax.adamw(args.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=args.weight_decay,
+                                 mask=decay_mask))
+
+    def train_step(params, opt_state, step, batch, rng):
+      key = jax.random.fold_in(rng, step)
+
+      def loss_fn(p):
+        logits = model(batch["inputs"], params=p, dropout_rng=key, train=True).logits
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, step + 1, loss
+
+    inputs, targets = _tokens(args, cfg.vocab_size)
+    self.batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
+    self.params = model.params
+    self.opt_state = tx.init(self.params)
+    self.count = jnp.zeros((), jnp.int32)
+    self.rng = jax.random.PRNGKey(1)
+    example = (self.params, self.opt_state, self.count, self.batch, self.rng)
+    self.fn = self.compile(jax.jit(train_step, donate_argnums=(0, 1)), *example)
+    n = sum(x.size for x in jax.tree.leaves(self.params))
+    tokens = args.batch * args.seq
+    self.info.update(params=n, tokens_per_step=tokens, flops_source="6N + 12*L*d*T per token",
+                     flops_per_step=tokens * dryrun.lm_flops_per_token(n, cfg.n_layer, cfg.d_model, args.seq))
+
+  def step(self):
+    self.params, self.opt_state, self.count, loss = self.fn(self.params, self.opt_state, self.count, self.batch,
+                                                            self.rng)
+    self.sync(loss)
+
+
+class MatmulPeak(JaxWorker):
+  """The machine's fp32 matmul peak: one jitted N x N x N matmul per step (2 N^3 FLOPs)."""
+  name = "peak:matmul"
+
+  def setup(self):
+    import jax
+    n = self.args.peak_n
+    a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jax.numpy.float32)
+    self.ab = (a, b)
+    self.fn = self.compile(jax.jit(lambda a, b: a @ b), a, b)
+    self.info.update(matmul_n=n, flops_per_step=2.0 * n ** 3, flops_source="2 N^3")
+
+  def step(self):
+    self.sync(self.fn(*self.ab))
+
+
+WORKERS = {cls.name: cls for cls in (OursLM, OursGAN, OursGanBert, OursDfine, TorchLM, FlaxLM, MatmulPeak)}
+
+
+def _version(module: str) -> str:
+  try:
+    from importlib.metadata import version
+    return version(module)
+  except Exception:  # noqa: BLE001 - a missing distribution only blanks the label
+    return "?"
+
+
+def summarize_trace(path: str, top: int = 12) -> dict:
+  """Device-op time of a jax.profiler trace: the top ops and the share of matmul (ynn/dot) ops."""
+  import collections
+  import glob
+  import gzip
+  files = glob.glob(os.path.join(path, "**", "*.trace.json.gz"), recursive=True)
+  if not files:
+    return {}
+  events = json.load(gzip.open(sorted(files)[-1]))["traceEvents"]
+  per_op: collections.Counter = collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") == "X" and not name.startswith(("Thunk", "$", "Slinky")):
+      per_op[name] += e.get("dur", 0)
+  total = sum(per_op.values()) or 1
+  matmul = sum(v for k, v in per_op.items() if k.startswith(("ynn_fusion", "dot", "custom-call")))
+  return {"op_seconds": total / 1e6, "matmul_share": matmul / total,
+          "top_ops": [[k, v / 1e6] for k, v in per_op.most_common(top)]}
+
+
+def worker_main(args) -> int:
+  """Serves one worker on stdin/stdout: one JSON request per line, one JSON reply per line."""
+  proto = os.fdopen(os.dup(1), "w", buffering=1)
+  os.dup2(2, 1)  # library chatter on stdout must not corrupt the protocol
+  sys.stdout = sys.stderr
+
+  def reply(**kw):
+    proto.write(json.dumps(kw) + "\n")
+
+  worker = None
+  for line in sys.stdin:
+    req = json.loads(line)
+    cmd = req["cmd"]
+    try:
+      if cmd == "setup":
+        worker = WORKERS[args.worker](args)
+        worker.setup()
+        t0 = time.perf_counter()
+        worker.step()
+        worker.info["first_step_seconds"] = time.perf_counter() - t0
+        for _ in range(max(args.warmup - 1, 0)):
+          worker.step()
+        reply(ok=True, info=worker.info, peak_rss_mb=peak_rss_mb())
+      elif cmd == "step":
+        c0, t0 = time.process_time(), time.perf_counter()
+        worker.step()
+        reply(ok=True, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+      elif cmd == "profile":
+        reply(ok=True, profile=worker.profile(req["dir"]))
+      elif cmd == "stats":
+        reply(ok=True, peak_rss_mb=peak_rss_mb())
+      elif cmd == "quit":
+        reply(ok=True)
+        proto.flush()
+        sys.stderr.flush()
+        os._exit(0)  # skip interpreter teardown (seconds for JAX and PyTorch): nothing is left to save
+    except Exception as err:  # noqa: BLE001 - reported to the driver, which records it and goes on
+      import traceback
+      traceback.print_exc()
+      reply(ok=False, error=f"{type(err).__name__}: {err}")
+  return 0
+
+
+# ------------------------------------------------------------------------------------------------------- driver
+
+
+class Proc:
+  """Driver-side handle of one worker subprocess."""
+
+  def __init__(self, name: str, argv: list[str], log_dir: str, verbose: bool):
+    self.name = name
+    self.log_path = os.path.join(log_dir, name.replace(":", "_") + ".log")
+    self.log = None if verbose else open(self.log_path, "w")
+    cmd = [sys.executable, "-m", "jaxtextgan.bench", *argv, f"--worker={name}"]
+    self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                              bufsize=1)
+
+  def send(self, **req):
+    try:
+      self.p.stdin.write(json.dumps(req) + "\n")
+      self.p.stdin.flush()
+    except (BrokenPipeError, OSError):
+      pass  # receive() reports the dead worker
+
+  def receive(self) -> dict:
+    try:
+      line = self.p.stdout.readline()
+    except OSError:
+      line = ""
+    if not line:
+      self.p.wait()
+      return {"ok": False, "error": f"worker exited (code {self.p.poll()}): {self.stderr_tail()}"}
+    return json.loads(line)
+
+  def ask(self, **req) -> dict:
+    self.send(**req)
+    return self.receive()
+
+  def stderr_tail(self, n: int = 600) -> str:
+    if self.log is None:
+      return "see stderr above"
+    self.log.flush()
+    with open(self.log_path) as f:
+      text = f.read()
+    return text[-n:].strip()
+
+  def close(self):
+    if self.p.poll() is None:
+      self.ask(cmd="quit")
+      try:
+        self.p.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        self.p.kill()
+    if self.log is not None:
+      self.log.close()
+
+
+def _installed(module: str) -> bool:
+  import importlib.util
+  return importlib.util.find_spec(module) is not None
+
+
+def _peer_unavailable(peer: str) -> str | None:
+  if not _installed("transformers"):
+    return "transformers is not installed"
+  if peer == "torch" and not _installed("torch"):
+    return "torch is not installed"
+  if peer == "flax" and not (_installed("flax") and _installed("transformers.models.gpt2.modeling_flax_gpt2")):
+    return "this transformers has no FlaxGPT2LMHeadModel (removed in v5)"
+  return None
+
+
+def _forward_argv(args) -> list[str]:
+  keep = ("size", "batch", "seq", "gan_len", "warmup", "vocab", "dropout", "lr", "weight_decay", "grad_clip",
+          "peak_n", "threads")
+  return [f"--{k}={getattr(args, k)}" for k in keep]
+
+
+def run(args) -> dict:
+  """Runs every phase and returns the report (see the module docstring for the protocol)."""
+  report: dict[str, Any] = {
+    "config": {k: getattr(args, k) for k in ("size", "batch", "seq", "gan_len", "steps", "warmup", "vocab",
+                                             "dropout", "lr", "weight_decay", "grad_clip", "peak_n",
+                                             "sequential")},
+    "machine": {"cores": cores(), "loadavg_start": list(os.getloadavg()), "python": sys.version.split()[0],
+                "xla_flags": os.environ.get("XLA_FLAGS", "")},
+    "protocol": "one subprocess per worker; set up one at a time (compile + warm-up); then rounds of one timed "
+                "step per worker in rotating order (A B C, B C A, ...); medians over rounds",
+    "parallel_setup": args.parallel_setup,
+    "results": {},
+  }
+  results = report["results"]
+  for peer in args.peer_list:
+    reason = _peer_unavailable(peer)
+    if reason:
+      results[f"{peer}:lm"] = {"status": "unavailable", "reason": reason}
+  phases = []
+  if "lm" in args.objective_list or args.peer_list:
+    lm_phase = (["jaxtextgan:lm"] if "lm" in args.objective_list else [])
+    lm_phase += [f"{p}:lm" for p in args.peer_list if f"{p}:lm" not in results]
+    phases.append(lm_phase)
+  # Each other objective runs in its own phase (with the peak worker): they are not compared with each other, and
+  # three GPT-2-sized training states at once would not fit in a small machine's memory.
+  phases += [[f"jaxtextgan:{o}"] for o in args.objective_list if o != "lm"]
+  if args.sequential:
+    phases = [[name] for phase in phases for name in phase]
+  argv = _forward_argv(args)
+  samples: dict[str, list[float]] = {}
+  cpu: dict[str, list[float]] = collections.defaultdict(list)
+  with tempfile.TemporaryDirectory(prefix="jaxtextgan_bench_") as log_dir:
+    live: dict[str, Proc] = {}
+    try:
+      for i, phase in enumerate(phases or [[]]):
+        # The peak worker joins the first phase and stays for every round of every phase.
+        names = (["peak:matmul"] if i == 0 else []) + phase
+        groups = [names] if args.parallel_setup else [[n] for n in names]
+        for group in groups:
+          _setup_all([Proc(n, argv, log_dir, args.verbose) for n in group], live, results, samples, args)
+        order = [n for n in live]
+        for r in range(args.steps):
+          for name in order[r % len(order):] + order[:r % len(order)]:
+            if name not in live:
+              continue
+            out = live[name].ask(cmd="step")
+            if out.get("ok"):
+              samples[name].append(out["seconds"])
+              cpu[name].append(out["cpu_seconds"])
+            else:
+              results[name].update(status="error", reason=out["error"])
+              live.pop(name).close()
+          _progress(f"round {r + 1}/{args.steps} done")
+        for name in phase:
+          if name not in live:
+            continue
+          if args.profile and name.startswith("jaxtextgan:"):
+            out = live[name].ask(cmd="profile", dir=os.path.abspath(args.profile))
+            if out.get("ok"):
+              results[name]["profile"] = out["profile"]
+          stats = live[name].ask(cmd="stats")
+          if stats.get("ok"):
+            results[name]["peak_rss_mb"] = stats["peak_rss_mb"]
+          live.pop(name).close()
+    finally:
+      for proc in live.values():
+        proc.close()
+  _finish(report, samples, cpu)
+  report["machine"]["loadavg_end"] = list(os.getloadavg())
+  return report
+
+
+def _progress(msg: str):
+  print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _setup_all(procs: list[Proc], live: dict, results: dict, samples: dict, args):
+  """Sends `setup` to every proc (all at once with --parallel_setup, else one by one); keeps those that work."""
+  for proc in procs:
+    _progress(f"setting up {proc.name}")
+    proc.send(cmd="setup")
+    if not args.parallel_setup:
+      _setup_done(proc, live, results, samples)
+  if args.parallel_setup:
+    for proc in procs:
+      _setup_done(proc, live, results, samples)
+
+
+def _setup_done(proc: Proc, live: dict, results: dict, samples: dict):
+  out = proc.receive()
+  if not out.get("ok"):
+    results[proc.name] = {"status": "error", "reason": out.get("error", "?")}
+    _progress(f"{proc.name} failed: {out.get('error')}")
+    proc.close()
+    return
+  results[proc.name] = {"status": "ok", **out["info"], "peak_rss_mb": out["peak_rss_mb"]}
+  samples[proc.name] = []
+  live[proc.name] = proc
+  _progress(f"{proc.name}: compile {out['info'].get('compile_seconds', 0):.1f} s, "
+            f"first step {out['info']['first_step_seconds']:.2f} s")
+
+
+def _finish(report: dict, samples: dict, cpu: dict):
+  """Medians, rates, the fraction of the matmul peak, and ours / peer ratios."""
+  results = report["results"]
+  for name, times in samples.items():
+    res = results[name]
+    if not times:
+      res.setdefault("status", "error")
+      res.setdefault("reason", "no timed step")
+      continue
+    med = statistics.median(times)
+    # CPU seconds per step (all threads) over wall seconds: how many cores the worker really got.
+    res.update(step_seconds=times, step_seconds_median=med, timed_steps=len(times),
+               cpu_seconds_median=statistics.median(cpu[name]),
+               cores_used=statistics.median(c / t for c, t in zip(cpu[name], times)))
+    if "tokens_per_step" in res:
+      res["tokens_per_second"] = res["tokens_per_step"] / med
+    flops = res.get("flops_per_step") or res.get("jaxpr_matmul_flops_per_step")
+    if flops and "flops_per_step" not in res:
+      res["flops_per_step"] = flops
+    if flops:
+      res["gflops_per_second"] = flops / med / 1e9
+  peak = results.get("peak:matmul", {})
+  peak_gflops = peak.get("gflops_per_second")
+  report["peak_gflops"] = peak_gflops
+  for name, res in results.items():
+    if name != "peak:matmul" and peak_gflops and "gflops_per_second" in res:
+      res["fraction_of_peak"] = res["gflops_per_second"] / peak_gflops
+  ours = results.get("jaxtextgan:lm", {})
+  ratios = {}
+  for peer in PEERS:
+    other = results.get(f"{peer}:lm", {})
+    if ours.get("tokens_per_second") and other.get("tokens_per_second"):
+      ratios[f"lm_vs_{peer}"] = {
+        "tokens_per_second": ours["tokens_per_second"] / other["tokens_per_second"],
+        "peak_rss": ours["peak_rss_mb"] / other["peak_rss_mb"],
+        "compile_seconds": (ours["compile_seconds"] / other["compile_seconds"]
+                            if other.get("compile_seconds") else None),
+      }
+  report["ratios"] = ratios
+
+
+def format_table(report: dict) -> str:
+  head = (f"{'worker':20s} {'step s':>8s} {'tokens/s':>9s} {'compile s':>9s} {'1st step':>8s} {'RSS MB':>8s} "
+          f"{'GFLOP/s':>8s} {'% peak':>7s}  FLOPs")
+  lines = [head, "-" * len(head)]
+
+  def num(x, fmt):
+    return format(x, fmt) if isinstance(x, (int, float)) and not math.isnan(x) else "-"
+
+  for name, r in report["results"].items():
+    if r.get("status") != "ok":
+      lines.append(f"{name:20s} {r.get('status', '?')}: {r.get('reason', '')}")
+      continue
+    frac = r.get("fraction_of_peak")
+    lines.append(f"{name:20s} {num(r.get('step_seconds_median'), '8.3f')} {num(r.get('tokens_per_second'), '9.1f')} "
+                 f"{num(r.get('compile_seconds'), '9.1f')} {num(r.get('first_step_seconds'), '8.2f')} "
+                 f"{num(r.get('peak_rss_mb'), '8.0f')} {num(r.get('gflops_per_second'), '8.1f')} "
+                 f"{num(100 * frac if frac else None, '6.1f'):>6s}%  "
+                 f"{num(r.get('flops_per_step'), '.3g')} ({r.get('flops_source', '')})")
+  for key, ratio in report.get("ratios", {}).items():
+    comp = ratio["compile_seconds"]
+    lines.append(f"{key}: tokens/s x{ratio['tokens_per_second']:.2f}, peak RSS x{ratio['peak_rss']:.2f}"
+                 + (f", compile time x{comp:.2f}" if comp is not None else ""))
+  m = report["machine"]
+  lines.append(f"cores {m['cores']}, load average {m['loadavg_start'][0]:.2f} at start, "
+               f"{m.get('loadavg_end', [float('nan')])[0]:.2f} at end")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.worker:
+    return worker_main(args)
+  report = run(args)
+  print(format_table(report))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(report, f, indent=1)
+  bad = [n for n, r in report["results"].items() if r.get("status") == "error"]
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,315 @@
+"""`objective='augment'`: fine-tune an LM on D_real + GAN samples (seed eq. 11-12) beside its two controls.
+
+Arms, each fine-tuned from the same base LM for the same steps, batches and learning-rate schedule:
+  none: D_real only (more training alone);  lm: D_real + plain LM samples;  gan: D_real + GAN samples.
+Without the `lm` arm a gain could not be credited to the GAN (Caccia et al. 2020): sampling from the LM itself is
+the same amount of extra, self-generated text.
+
+Workdir: base/ (when the base LM is trained here), gan/ (a GAN workdir), synthetic_{gan,lm}.txt,
+finetune_{none,lm,gan}/ (resumable), results.md, results.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxtextgan import checkpoint, loop, sampling, training, writers
+from jaxtextgan import sharding as shd
+from jaxtextgan.data import lm as lm_data
+from jaxtextgan.errors import InputError
+from jaxtextgan.objectives import gan, lm
+from jaxtextgan.tasks import common
+from jaxtextgan.tasks import gan as gan_task
+from jaxtextgan.tasks import lm as lm_task
+
+ARMS = ("none", "lm", "gan")
+ARM_NAMES = {"base": "base LM (no fine-tuning)", "none": "fine-tuned on D_real only (control)",
+             "lm": "fine-tuned on D_real + LM samples (control)", "gan": "fine-tuned on D_real + GAN samples"}
+
+
+# --- configs of the sub-runs ---------------------------------------------------------------------------------------
+
+
+
+def _copy(value):
+  """An unlocked deep copy (the command line locks the config; derived configs add keys)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    return ml_collections.ConfigDict(value.to_dict())
+  return copy.deepcopy(value)
+
+def base_lm_config(config) -> ml_collections.ConfigDict:
+  """A configs/lm.py-style config for training the base LM with `tasks.lm`."""
+  c = ml_collections.ConfigDict()
+  c.objective = "lm"
+  for key in ("seed", "mesh_shape", "data", "tokenizer", "model", "optimizer", "train", "eval", "sample"):
+    c[key] = _copy(config[key])
+  c.optimizer.total_steps = c.train.steps
+  return c
+
+
+def gan_run_config(config, base_dir: pathlib.Path) -> ml_collections.ConfigDict:
+  """config.gan with this run's data, tokenizer and seed; G starts from the base LM and emits seq_len tokens."""
+  c = _copy(config.gan)
+  c.objective = "gan"
+  c.seed = config.seed
+  c.mesh_shape = config.mesh_shape
+  c.data = _copy(config.data)
+  c.data.trigram = _copy(config.gan.data.trigram)
+  c.tokenizer = _copy(config.tokenizer)
+  c.generator.init_from = str(base_dir)
+  c.generator.length = config.data.seq_len
+  c.pretrain.steps = 0
+  return c
+
+
+def check_options(config) -> None:
+  a = config.augment
+  if config.data.source == "trigram":
+    raise InputError("data.source='trigram' is not supported by objective='augment': fine-tuning and evaluation "
+                     "run on a text corpus; use ptb, text or tfds")
+  if not a.ratio > 0:
+    raise InputError(f"augment.ratio={a.ratio} gives an empty sample set: use a positive ratio of synthetic to "
+                     "real sequences, e.g. 0.1")
+  if a.steps < 1:
+    raise InputError(f"augment.steps={a.steps} is invalid: fine-tune for at least one step")
+  if not a.temperature > 0:
+    raise InputError(f"augment.temperature={a.temperature} is not positive: use e.g. 1.0")
+  bad = [s for s in a.splits if s not in ("valid", "test")]
+  if bad or not a.splits:
+    raise InputError(f"augment.splits={tuple(a.splits)} is invalid: use 'valid' and/or 'test'")
+
+
+# --- synthetic data ------------------------------------------------------------------------------------------------
+
+
+def _chunks(total: int, size: int):
+  for start in range(0, total, size):
+    yield start, min(size, total - start)
+
+
+def sample_gan(setup: gan_task.Setup, num: int, batch: int, seed: int) -> np.ndarray:
+  """num x T ids: hard Gumbel-Softmax samples of the trained G (one-hots -> argmax ids)."""
+  sampler = gan.make_sampler(setup.gan_cfg, setup.gen_cfg.latent_dim, setup.state.g.graphdef, batch)
+  out = [np.asarray(jax.device_get(sampler(setup.state.g.params, jax.random.key(seed + i))))[:n]
+         for i, (_, n) in enumerate(_chunks(num, batch))]
+  return np.concatenate(out).astype(np.int32)
+
+
+def sample_lm(graphdef, params, bos_id: int, num: int, length: int, temperature: float, batch: int,
+              seed: int) -> np.ndarray:
+  """num x length ids of plain ancestral sampling from the LM after `bos`, at `temperature` (no top-k/top-p)."""
+  prompt = jnp.full((batch, 1), bos_id, jnp.int32)
+  out = [np.asarray(jax.device_get(sampling.sample(graphdef, params, prompt, jax.random.key(seed + i),
+                                                   max_new_tokens=length, temperature=temperature)))[:n]
+         for i, (_, n) in enumerate(_chunks(num, batch))]
+  return np.concatenate(out).astype(np.int32)
+
+
+def to_blocks(ids: np.ndarray, tokenizer, bos_id: int, path: pathlib.Path) -> np.ndarray:
+  """ids -> text (written to `path`) -> ids with the same tokenizer -> LM blocks [bos, x_1..x_T] (seed 4.3.1).
+
+  The text round trip is what adding generated text to a corpus means; ids re-encoded to another length (BPE
+  merges across a sample's pieces) are cut or padded with bos to T.
+  """
+  length = ids.shape[1]
+  texts = [tokenizer.decode(row) for row in ids]
+  if jax.process_index() == 0:
+    path.write_text("".join(t.replace("\n", " <eos> ").strip() + "\n" for t in texts), encoding="utf-8")
+  rows = np.full((len(texts), length + 1), bos_id, np.int32)
+  for i, text in enumerate(texts):
+    enc = np.asarray(tokenizer.encode(text), np.int32)[:length]
+    rows[i, 1:1 + enc.size] = enc
+  return rows
+
+
+# --- fine-tuning arms ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FineTuner:
+  """One compiled train/eval step shared by every arm (same template state, so the same jit cache entries)."""
+  run: common.Run
+  config: ml_collections.ConfigDict
+  template: training.TrainState
+  shardings: object
+  base_params: object
+
+  def __post_init__(self):
+    mesh = self.run.mesh
+    self.step_fn = training.jit_train_step(lm.train_step, mesh, self.shardings,
+                                           {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")},
+                                           donate=False)
+    self.evaluate = lm_task.make_evaluator(self.run, self.shardings)
+
+  def initial_state(self) -> training.TrainState:
+    return self.template.replace(params=self.base_params)
+
+  def eval_all(self, state, blocks) -> dict:
+    return {split: self.evaluate(state, blocks[split], self.config.eval.batch_size)
+            for split in self.config.augment.splits}
+
+  def train_arm(self, arm: str, train_blocks: np.ndarray, eval_blocks, spec: str, model_dict: dict) -> dict:
+    """Fine-tunes the base LM on `train_blocks` in <workdir>/finetune_<arm> (resumable); returns its metrics."""
+    cfg = self.config
+    adir = self.run.workdir / f"finetune_{arm}"
+    adir.mkdir(exist_ok=True)
+    done = adir / "results.json"
+    if done.exists():
+      previous = json.loads(done.read_text())
+      if previous.get("step") == cfg.augment.steps:
+        return previous
+    state = self.initial_state()
+    batches = lm_data.BatchIterator(train_blocks, cfg.data.batch_size, seed=cfg.seed,
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+    ckpt = checkpoint.Checkpointer(adir / "checkpoints", keep=1)
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+      state, meta, _ = restored
+      batches.restore(meta["data"])
+    meta_fn = lambda: {"data": batches.state(), "model": model_dict, "tokenizer": spec, "objective": "lm",
+                       "arm": arm}
+    writer = writers.MetricWriter(adir)
+    result = loop.run(state=state, step_fn=self.step_fn, batches=batches,
+                      put=lambda b: shd.put_batch(b, self.run.mesh), rng=jax.random.key(cfg.seed + 11),
+                      total_steps=cfg.augment.steps, checkpointer=ckpt, writer=writer, meta_fn=meta_fn,
+                      log_every=cfg.augment.log_every, checkpoint_every=cfg.augment.checkpoint_every,
+                      desc=f"fine-tune [{arm}]")
+    ckpt.close()
+    if result.preempted:
+      writer.close()
+      return {"preempted": True, "step": result.step}
+    out = {"step": result.step, "train_sequences": int(len(train_blocks)), **self.eval_all(result.state, eval_blocks)}
+    for split in cfg.augment.splits:
+      writer.write(result.step, out[split], split)
+    writer.close()
+    common.write_json(done, out)
+    return out
+
+
+def base_metrics(base_dir: pathlib.Path, splits, tuner: FineTuner, blocks) -> dict:
+  """The base LM's metrics: from its `tasks.lm` results.json when it has every split, else evaluated here."""
+  saved = base_dir / "results.json"
+  if saved.exists():
+    previous = json.loads(saved.read_text())
+    if all(isinstance(previous.get(s), dict) and "perplexity" in previous[s] for s in splits):
+      return {s: previous[s] for s in splits}
+  return tuner.eval_all(tuner.initial_state(), blocks)
+
+
+# --- report --------------------------------------------------------------------------------------------------------
+
+
+def table(results: dict) -> str:
+  """Markdown table: one row per arm, perplexity and next-token accuracy per evaluated split."""
+  splits = results["splits"]
+  head = "| Fine-tuning data | Train sequences | " + " | ".join(
+    f"{s} perplexity | {s} accuracy (%)" for s in splits) + " |"
+  lines = [head, "|" + "---|" * (2 + 2 * len(splits))]
+  for arm in ("base",) + ARMS:
+    row = results["arms"][arm]
+    cells = [ARM_NAMES[arm], str(row.get("train_sequences", "-"))]
+    for s in splits:
+      cells += [f"{row[s]['perplexity']:.2f}", f"{100 * row[s]['accuracy']:.2f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def summary(results: dict) -> str:
+  return "\n".join([
+    f"augmentation: {results['synthetic']} synthetic sequences per arm (ratio {results['ratio']}), "
+    f"temperature {results['temperature']}, {results['steps']} fine-tuning steps per arm",
+    table(results),
+    f"results: {results['results_md']}; wall time {results['wall_seconds']:.0f} s"])
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+
+
+def run(config, workdir) -> dict:
+  """Base LM -> GAN -> synthetic sets -> three fine-tuning arms; returns results.json."""
+  t0 = time.perf_counter()
+  r = common.start(config, workdir)
+  check_options(config)
+  results_path = r.workdir / "results.json"
+  if results_path.exists():
+    previous = json.loads(results_path.read_text())
+    if previous.get("finished") and previous.get("steps") == config.augment.steps:
+      print(f"{r.workdir} holds a finished run; its results:", flush=True)
+      print(summary(previous), flush=True)
+      return previous
+
+  # 1. The base LM.
+  base_dir = pathlib.Path(config.lm_workdir).expanduser() if config.lm_workdir else r.workdir / "base"
+  if not config.lm_workdir:
+    finished = base_dir / "results.json"
+    if not (finished.exists() and json.loads(finished.read_text()).get("step") == config.train.steps):
+      out = lm_task.run(base_lm_config(config), base_dir)
+      if out.get("preempted"):
+        print(f"SIGTERM: the base LM is saved in {base_dir}; run again to resume", flush=True)
+        return out
+
+  # 2. The GAN, its generator initialised from the base LM.
+  gan_cfg = gan_run_config(config, base_dir)
+  out = gan_task.run(gan_cfg, r.workdir / "gan")
+  if out.get("preempted"):
+    print(f"SIGTERM: the GAN is saved in {r.workdir / 'gan'}; run again to resume", flush=True)
+    return out
+  setup, data = gan_task.load_trained(gan_cfg, r.workdir / "gan", r.mesh)
+  tokenizer = data.tokenizer
+  blocks = {k: v for k, v in data.lm_blocks.items()}
+  for split in config.augment.splits:
+    if split not in blocks:
+      raise InputError(f"the corpus has no {split} split: pass data.{split}_file or drop it from augment.splits")
+
+  # 3. Synthetic sets of the same size: N = ratio x |D_real|.
+  real = blocks["train"]
+  num = int(round(config.augment.ratio * len(real)))
+  if num < 1:
+    raise InputError(f"augment.ratio={config.augment.ratio} of {len(real)} real sequences gives an empty sample "
+                     "set: raise the ratio")
+  lm_cfg, base_params, _ = gan_task.restore_lm_params(base_dir, data.spec, r.mesh)
+  ft_opt = dict(config.finetune_optimizer)
+  ft_opt["total_steps"] = config.augment.steps
+  template, shardings = lm.init_state(lm_cfg, ft_opt, jax.random.key(config.seed), r.mesh)
+  length, batch, temp = config.data.seq_len, config.augment.sample_batch, config.augment.temperature
+  synthetic = {}
+  for arm, make in (("gan", lambda: sample_gan(setup, num, batch, config.seed + 100)),
+                    ("lm", lambda: sample_lm(template.graphdef, base_params, data.bos_id, num, length, temp, batch,
+                                             config.seed + 200))):
+    cache = r.workdir / f"synthetic_{arm}.npy"
+    if cache.exists():
+      synthetic[arm] = np.load(cache)
+    else:
+      synthetic[arm] = to_blocks(make(), tokenizer, data.bos_id, r.workdir / f"synthetic_{arm}.txt")
+      if jax.process_index() == 0:
+        np.save(cache, synthetic[arm])
+
+  # 4. Fine-tuning arms and the base LM, evaluated alike.
+  tuner = FineTuner(r, config, template, shardings, base_params)
+  model_dict = dataclasses.asdict(lm_cfg)
+  arms = {"base": {"train_sequences": 0, **base_metrics(base_dir, config.augment.splits, tuner, blocks)}}
+  for arm in ARMS:
+    train_blocks = real if arm == "none" else np.concatenate([real, synthetic[arm]])
+    arms[arm] = tuner.train_arm(arm, train_blocks, blocks, data.spec, model_dict)
+    if arms[arm].get("preempted"):
+      print(f"SIGTERM: fine-tuning arm {arm!r} is saved; run again to resume", flush=True)
+      return arms[arm]
+  results = {"finished": True, "arms": arms, "splits": list(config.augment.splits), "synthetic": num,
+             "ratio": config.augment.ratio, "temperature": temp, "steps": config.augment.steps,
+             "real_sequences": int(len(real)), "gan": {k: out.get(k) for k in ("before", "after", "loss")},
+             "results_md": str(r.workdir / "results.md"), "wall_seconds": time.perf_counter() - t0}
+  if jax.process_index() == 0:
+    (r.workdir / "results.md").write_text(table(results) + "\n", encoding="utf-8")
+  common.write_json(results_path, results)
+  r.writer.close()
+  print(summary(results), flush=True)
+  return results

@@ -1,0 +1,246 @@
+"""Discriminator fine-tuning objective: eq. (6), (8), (11)-(12) against NumPy, Proposition 1, clipping, sharding."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxtextgan import sharding as shd
+from jaxtextgan.errors import InputError
+from jaxtextgan.models import gpt2
+from jaxtextgan.objectives import dfine
+
+
+def _np_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _np_sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+@pytest.fixture
+def tiny():
+  """B=2, T=3, V=6 logits for qθ, q0 and the discriminator, targets and a mask with one padded position."""
+  rng = np.random.RandomState(0)
+  return dict(logits=rng.randn(2, 3, 6).astype(np.float32), q0_logits=rng.randn(2, 3, 6).astype(np.float32),
+              d_logits=(2 * rng.randn(2, 3, 6)).astype(np.float32), targets=rng.randint(0, 6, (2, 3)),
+              mask=np.array([[1, 1, 1], [1, 0, 1]], np.float32))
+
+
+def test_discriminator_loss_eq6_matches_numpy(tiny):
+  q0 = np.exp(_np_log_softmax(tiny["q0_logits"].astype(np.float64)))
+  r = _np_sigmoid(tiny["d_logits"].astype(np.float64))
+  d_q = -(q0 * np.log(r)).sum(-1)
+  d_p = -np.log(1.0 - np.take_along_axis(r, tiny["targets"][..., None], -1)[..., 0])
+  total, count, aux = dfine.discriminator_loss(jnp.asarray(tiny["d_logits"]),
+                                               jax.nn.log_softmax(jnp.asarray(tiny["q0_logits"])),
+                                               jnp.asarray(tiny["targets"]), jnp.asarray(tiny["mask"]))
+  m = tiny["mask"]
+  np.testing.assert_allclose(float(total), ((d_q + d_p) * m).sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(aux["d_q"]), (d_q * m).sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(aux["d_p"]), (d_p * m).sum(), rtol=1e-5)
+  assert float(count) == 5
+
+
+def test_discriminator_optimum_is_eq7():
+  """Minimising eq. (6) in expectation over w* ~ p gives r = q0/(q0 + p), i.e. p̂ of eq. (8) equals p."""
+  q0 = np.array([0.5, 0.3, 0.15, 0.05])
+  p = np.array([0.4, 0.3, 0.2, 0.1])
+  logq0 = jnp.log(jnp.asarray(q0, jnp.float32))[None, None]
+
+  def expected_loss(l):
+    terms = [dfine.discriminator_loss(l[None, None], logq0, jnp.array([[w]]))[0] for w in range(4)]
+    return sum(pw * t for pw, t in zip(p, terms))
+
+  descend = jax.jit(lambda l: jax.lax.fori_loop(0, 3000, lambda _, x: x - 2.0 * jax.grad(expected_loss)(x), l))
+  l = descend(jnp.zeros(4))
+  np.testing.assert_allclose(np.asarray(jax.nn.sigmoid(l)), q0 / (q0 + p), atol=2e-3)
+  p_hat = np.exp(np.asarray(dfine.log_p_hat(logq0, l[None, None])))[0, 0]
+  np.testing.assert_allclose(p_hat, p, rtol=2e-2)
+
+
+def test_finetune_loss_eq12_matches_numpy(tiny):
+  eps = 1e-3
+  logq = _np_log_softmax(tiny["logits"].astype(np.float64))
+  logq0 = _np_log_softmax(tiny["q0_logits"].astype(np.float64))
+  r = np.clip(_np_sigmoid(tiny["d_logits"].astype(np.float64)), eps, 1 - eps)
+  pick = lambda x: np.take_along_axis(x, tiny["targets"][..., None], -1)[..., 0]
+  t = np.exp(pick(logq)) / np.exp(pick(logq0)) * pick(r) / (1 - pick(r))  # eq. (11)
+  per_token = -pick(logq) + t * np.log(t)  # eq. (12)
+  m = tiny["mask"]
+  total, count, aux = dfine.finetune_loss(*(jnp.asarray(tiny[k]) for k in ("logits", "q0_logits", "d_logits",
+                                                                           "targets", "mask")), kind="dfine", eps=eps)
+  np.testing.assert_allclose(float(total), (per_token * m).sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(aux["nll"]), (-pick(logq) * m).sum(), rtol=1e-5)
+  assert float(count) == 5
+  # The variant: exact reverse KL over the vocabulary against p̂ = q0 (1 - r)/r of eq. (8).
+  p_hat = np.exp(logq0) * (1 - r) / r
+  kl = (np.exp(logq) * (logq - np.log(p_hat))).sum(-1)
+  total_kl, _, _ = dfine.finetune_loss(*(jnp.asarray(tiny[k]) for k in ("logits", "q0_logits", "d_logits",
+                                                                        "targets", "mask")), kind="dfine_kl", eps=eps)
+  np.testing.assert_allclose(float(total_kl), ((-pick(logq) + kl) * m).sum(), rtol=1e-5)
+
+
+def test_without_discriminator_is_r_one_half(tiny):
+  args = [jnp.asarray(tiny[k]) for k in ("logits", "q0_logits")]
+  none = dfine.finetune_loss(args[0], args[1], None, jnp.asarray(tiny["targets"]))[0]
+  half = dfine.finetune_loss(args[0], args[1], jnp.zeros_like(args[0]), jnp.asarray(tiny["targets"]))[0]
+  np.testing.assert_allclose(float(none), float(half), rtol=1e-6)
+  assert dfine.r_to_logit(0.5) == 0.0
+
+
+def _step_change(kind, q_star, p_hat, lr=1e-2):
+  """One gradient step on logits θ (qθ = softmax θ) at target w* = 0; returns qθ(w*) after minus before."""
+  v = 5
+  rest = (1.0 - q_star) / (v - 1)
+  theta = jnp.log(jnp.array([q_star] + [rest] * (v - 1), jnp.float32))[None, None]
+  q0 = jnp.full((1, 1, v), 1.0 / v)
+  logq0 = jnp.log(q0)
+  # Proposition 1 holds p̂ fixed: choose the discriminator logit with log p̂(w*) = log q0(w*) - l (eq. 8).
+  d = jnp.zeros((1, 1, v)).at[0, 0, 0].set(logq0[0, 0, 0] - jnp.log(p_hat))
+  target = jnp.zeros((1, 1), jnp.int32)
+  loss = lambda th: dfine.finetune_loss(th, logq0, d, target, kind=kind)[0]
+  new = theta - lr * jax.grad(loss)(theta)
+  return float(jax.nn.softmax(new)[0, 0, 0] - jax.nn.softmax(theta)[0, 0, 0])
+
+
+@pytest.mark.parametrize("q_star", [0.05, 0.2, 0.29])
+def test_proposition1_raises_q_below_p_hat(q_star):
+  assert _step_change("dfine", q_star, p_hat=0.3) > 0
+  assert _step_change("ce", q_star, p_hat=0.3) > 0
+
+
+@pytest.mark.parametrize("q_star", [0.31, 0.5, 0.9])
+def test_proposition1_lowers_q_above_p_hat_while_ce_raises_it(q_star):
+  assert _step_change("dfine", q_star, p_hat=0.3) < 0
+  assert _step_change("ce", q_star, p_hat=0.3) > 0
+
+
+def test_proposition1_steps_are_smaller_near_p_hat():
+  """Eq. (14)-(15): near p̂ the step is O(ε/p̂) times the cross-entropy one."""
+  assert abs(_step_change("dfine", 0.29, 0.3)) < 0.2 * abs(_step_change("ce", 0.29, 0.3))
+
+
+@pytest.mark.parametrize("r", [0.0, 1.0])
+@pytest.mark.parametrize("kind", ["dfine", "dfine_kl"])
+def test_r_exactly_zero_or_one_is_finite(r, kind):
+  logits = jnp.asarray(np.random.RandomState(1).randn(2, 3, 6), jnp.float32)
+  q0 = jnp.asarray(np.random.RandomState(2).randn(2, 3, 6), jnp.float32)
+  d = jnp.broadcast_to(dfine.r_to_logit(jnp.float32(r)), logits.shape)
+  targets = jnp.zeros((2, 3), jnp.int32)
+  loss = lambda x: dfine.finetune_loss(x, q0, d, targets, kind=kind)[0]
+  value, grad = jax.value_and_grad(loss)(logits)
+  assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
+  # Unclipped logits of ±inf (σ = 0 or 1 exactly) are clipped too.
+  d_inf = jnp.full(logits.shape, jnp.inf if r else -jnp.inf)
+  assert np.isfinite(float(dfine.finetune_loss(logits, q0, d_inf, targets, kind=kind)[0]))
+  assert np.isfinite(float(dfine.discriminator_loss(d, jax.nn.log_softmax(q0), targets)[0]))
+
+
+def test_bad_inputs_are_one_line_errors():
+  a, b = jnp.zeros((1, 2, 5)), jnp.zeros((1, 2, 6))
+  t = jnp.zeros((1, 2), jnp.int32)
+  with pytest.raises(InputError, match="discriminator must score exactly the LM's vocabulary") as err:
+    dfine.discriminator_loss(a, b, t)
+  assert "\n" not in str(err.value)
+  with pytest.raises(InputError, match="same vocab_size"):
+    dfine.finetune_loss(b, b, a, t)
+  with pytest.raises(InputError, match="eps=0.0 is invalid"):
+    dfine.clip_logit(a, 0.0)
+  with pytest.raises(InputError, match="finetune loss 'kl' is unknown"):
+    dfine.finetune_loss(b, b, None, t, kind="kl")
+
+
+def test_zero_output_layer_gives_r_one_half_and_perturbation_sets_one_bias():
+  cfg = gpt2.GPT2Config(vocab_size=16, max_len=8, n_layer=1, d_model=16, n_head=2, d_ff=32, tie_embeddings=False,
+                        output_bias=True, dropout=0.0)
+  mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  state, _ = dfine.init_state(cfg, _opt(), jax.random.key(0), mesh)
+  zeroed = dfine.zero_output_layer(state.params)
+  logits = dfine._logits(state.graphdef, zeroed, jnp.zeros((1, 4), jnp.int32))
+  assert float(jnp.abs(logits).max()) == 0.0
+  perturbed = dfine.set_output_bias(state.params, 3, -30.0)
+  bias = np.asarray(perturbed["out_bias"].get_value())
+  assert bias[3] == -30.0 and np.all(np.delete(bias, 3) == np.asarray(state.params["out_bias"].get_value())[:15])
+
+
+def _opt(steps=10, lr=1e-2):
+  return ml_collections.ConfigDict(dict(lr=lr, total_steps=steps, warmup_steps=0, grad_clip_norm=1.0,
+                                        weight_decay=0.0))
+
+
+def _batch(seed, rows=8, t=8, vocab=32):
+  ids = np.random.RandomState(seed).randint(0, vocab, (rows, t + 1)).astype(np.int32)
+  return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
+
+
+def test_finetune_step_same_loss_on_every_mesh():
+  cfg = gpt2.GPT2Config(vocab_size=32, max_len=8, n_layer=2, d_model=32, n_head=4, d_ff=64, tie_embeddings=False,
+                        output_bias=True, dropout=0.0)
+  one = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  # Host copies of q0 and the discriminator, placed on each mesh with that mesh's shardings.
+  q0_host = jax.device_get(dfine.init_state(cfg, _opt(), jax.random.key(0), one)[0].params)
+  disc_host = jax.device_get(dfine.zero_output_layer(q0_host))
+  disc_host = jax.tree.map(lambda x: x + 0.1 * np.sign(x + 0.5), disc_host)  # a discriminator with r != 1/2
+  results = {}
+  for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)]:
+    mesh = shd.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
+    _, params_sh = dfine.param_shardings(cfg, mesh)
+    frozen = {"q0": jax.device_put(q0_host, params_sh), "disc": jax.device_put(disc_host, params_sh)}
+    state, state_sh = dfine.init_state(cfg, _opt(), jax.random.key(2), mesh, params=frozen["q0"])
+    graphdef = state.graphdef
+    step = dfine.jit_stage_step(dfine.make_finetune_step(graphdef, graphdef, kind="dfine"), mesh, state_sh,
+                                {"q0": params_sh, "disc": params_sh},
+                                {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")}, frozen)
+    losses = []
+    for i in range(2):
+      state, metrics = step(state, shd.put_batch(_batch(i), mesh), jax.random.key(3))
+      losses.append(float(metrics["loss"]))
+    # The frozen q0 was copied into the fine-tuned state, so donating the state left it intact.
+    np.testing.assert_array_equal(np.asarray(frozen["q0"]["out_bias"].get_value()),
+                                  np.asarray(q0_host["out_bias"].get_value()))
+    assert losses[1] != losses[0]
+    results[shape] = losses
+  for shape, losses in results.items():
+    np.testing.assert_allclose(losses, results[(1, 1, 1)], rtol=2e-5, err_msg=str(shape))
+
+
+def test_disc_step_lowers_eq6_loss():
+  cfg = gpt2.GPT2Config(vocab_size=32, max_len=8, n_layer=1, d_model=32, n_head=2, d_ff=64, tie_embeddings=False,
+                        output_bias=True, dropout=0.0)
+  mesh = shd.make_mesh((2, 1, 1), jax.devices()[:2])
+  q0, sh = dfine.init_state(cfg, _opt(), jax.random.key(0), mesh)
+  disc, disc_sh = dfine.init_state(cfg, _opt(40, 3e-2), jax.random.key(1), mesh,
+                                   params=dfine.zero_output_layer(q0.params))
+  step = dfine.jit_stage_step(dfine.make_disc_step(q0.graphdef), mesh, disc_sh, {"q0": sh.params},
+                              {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")}, {"q0": q0.params})
+  b = shd.put_batch(_batch(0), mesh)
+  first = None
+  for _ in range(40):
+    disc, metrics = step(disc, b, jax.random.key(0))
+    first = float(metrics["loss"]) if first is None else first
+  assert abs(first - np.log(4.0)) < 1e-5  # r = 1/2 everywhere at the start
+  assert float(metrics["loss"]) < first - 0.1
+
+
+def test_unigram_logit_minimises_eq6_among_context_free_discriminators():
+  rng = np.random.RandomState(0)
+  q0_logp = jax.nn.log_softmax(jnp.asarray(rng.randn(4, 6, 7), jnp.float32))
+  targets = jnp.asarray(rng.randint(0, 6, (4, 6)))  # word 6 never occurs: its pseudo-count keeps l finite
+  mass = jnp.exp(q0_logp).sum((0, 1))
+  counts = np.bincount(np.asarray(targets).ravel(), minlength=7)
+  b = dfine.unigram_logit(mass, counts)
+  loss = lambda b: dfine.discriminator_loss(jnp.broadcast_to(b, q0_logp.shape), q0_logp, targets)[0]
+  grad = np.asarray(jax.grad(loss)(b))
+  np.testing.assert_allclose(grad[:6], 0.0, atol=1e-4)
+  assert np.all(np.isfinite(np.asarray(b)))
+  cfg = gpt2.GPT2Config(vocab_size=7, max_len=8, n_layer=1, d_model=8, n_head=2, d_ff=16, tie_embeddings=False,
+                        output_bias=True)
+  mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  params = dfine.init_state(cfg, _opt(), jax.random.key(0), mesh)[0].params
+  out = dfine.set_output_bias_vector(dfine.zero_output_layer(params), b)
+  logits = dfine._logits(dfine.graphdef_of(cfg), out, jnp.zeros((1, 3), jnp.int32))
+  np.testing.assert_allclose(np.asarray(logits[0, 0]), np.asarray(b), rtol=1e-6)

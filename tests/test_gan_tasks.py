@@ -1,0 +1,214 @@
+"""Tiny end-to-end runs of the GAN, augmentation and Table 1 tasks, resume, and bad inputs."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxtextgan import checkpoint, loop
+from jaxtextgan.data import trigram
+from jaxtextgan.errors import InputError
+from jaxtextgan.tasks import augment as augment_task
+from jaxtextgan.tasks import gan as gan_task
+from jaxtextgan.tasks import table1 as table1_task
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(name):
+  spec = importlib.util.spec_from_file_location(f"_test_{name}_config", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def tiny_gan_config(steps=120, loss="minimax"):
+  """The synthetic trigram oracle with 20 words and a 1-layer G and D, from scratch (no MLE phase)."""
+  c = _config("gan")
+  c.mesh_shape = (1, 1, 1)
+  c.data.source = "trigram"
+  c.data.trigram.update(dict(vocab_size=20, sentence_len=8, train=2000, valid=200, test=200))
+  c.data.batch_size = 32
+  c.generator.length = 8
+  c.model.update(dict(n_layer=1, d_model=32, n_head=2, d_ff=64, max_len=16))
+  c.discriminator.update(dict(n_layer=1, d_model=32, n_head=2, d_ff=64, dropout=0.0))
+  c.pretrain.steps = 0
+  c.gan.update(dict(loss=loss, steps=steps, batch_size=32, log_every=20, checkpoint_every=40, fast_compile=True,
+                    tau=dict(kind="exponential", start=1.0, end=0.5)))
+  c.g_optimizer.lr = 3e-3
+  c.d_optimizer.lr = 3e-3
+  c.eval.nll_test = False
+  c.sample.num = 200
+  return c
+
+
+def _gan_params(workdir, step):
+  """The GAN checkpoint at `step` as plain arrays (no target needed)."""
+  manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(), item_names=("state", "meta"))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  finally:
+    manager.close()
+  return restored["state"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """120 minimax steps on the oracle, uninterrupted."""
+  workdir = tmp_path_factory.mktemp("gan_full")
+  return workdir, gan_task.run(tiny_gan_config(), workdir)
+
+
+def test_gan_on_the_trigram_oracle_lowers_nll_oracle(finished_run):
+  workdir, results = finished_run
+  before, after = results["before"]["nll_oracle"], results["after"]["nll_oracle"]
+  assert after < before - 0.1, (before, after)
+  for name in ("samples.txt", "samples_before.txt", "samples_after.txt", "gan_curves.png", "metrics.jsonl",
+               "results.json"):
+    assert (workdir / name).exists(), name
+  assert list((workdir / "tensorboard").iterdir())
+  for key in ("bleu2", "bleu5", "self_bleu3", "distinct2"):
+    assert 0.0 <= results["after"][key] <= 1.0
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in rows if r["split"] == "train"]
+  assert {"d_loss", "g_loss", "d_real", "d_fake", "tau", "g_grad_norm", "d_grad_norm"} <= set(train[-1])
+  assert train[-1]["tau"] < train[0]["tau"]
+
+
+def test_a_finished_run_prints_its_results_without_training(finished_run, capsys, monkeypatch):
+  workdir, results = finished_run
+  monkeypatch.setattr(loop, "run", lambda **kw: pytest.fail("a finished run must not train again"))
+  again = gan_task.run(tiny_gan_config(), workdir)
+  assert again["after"] == results["after"]
+  out = capsys.readouterr().out
+  assert "holds a finished run" in out and "NLL-oracle" in out and "after GAN" in out
+
+
+def test_interrupted_and_resumed_run_gives_the_same_params(finished_run, tmp_path, monkeypatch):
+  """60 steps, SIGTERM-style stop, then resume to 120 == 120 uninterrupted steps."""
+  full_dir, _ = finished_run
+  calls = {"n": 0}
+
+  def stop_at_60(self):
+    calls["n"] += 1
+    return calls["n"] == 60
+
+  with monkeypatch.context() as patch:
+    patch.setattr(loop.PreemptionGuard, "should_stop", stop_at_60)
+    first = gan_task.run(tiny_gan_config(), tmp_path)
+  assert first == {"step": 60, "preempted": True}
+  resumed = gan_task.run(tiny_gan_config(), tmp_path)
+  assert resumed["finished"] and resumed["gan_steps"] == 120
+  a, b = _gan_params(full_dir, 120), _gan_params(tmp_path, 120)
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+# --- bad inputs ----------------------------------------------------------------------------------------------------
+
+
+def _fake_lm_checkpoint(path, tokenizer_spec):
+  ckpt = checkpoint.Checkpointer(path / "checkpoints", async_save=False)
+  ckpt.save(5, {"params": jnp.zeros(3)}, {"tokenizer": tokenizer_spec, "model": {}, "objective": "lm"})
+  ckpt.close()
+  return path
+
+
+@pytest.mark.parametrize("change,message", [
+  (lambda c, p: c.generator.update(dict(kind="mlp", init_from=str(p))),
+   "generator='mlp' conflicts with generator.init_from"),
+  (lambda c, p: c.generator.update(dict(kind="mlp")) or c.pretrain.update(dict(steps=10)),
+   "generator='mlp' conflicts with pretrain.steps=10"),
+  (lambda c, p: c.generator.update(dict(init_from=str(p))) or c.pretrain.update(dict(steps=10)),
+   "conflicts with pretrain.steps=10: G starts from that checkpoint"),
+  (lambda c, p: c.sample.update(dict(num=0)), "gives an empty sample set"),
+  (lambda c, p: c.gan.tau.update(dict(start=0.0)), "zero tau"),
+  (lambda c, p: c.gan.update(dict(batch_size=30, n_critic=1)) or c.update(dict(mesh_shape=(8, 1, 1))),
+   "not divisible by the 8 data shards"),
+  (lambda c, p: c.generator.update(dict(init_from=str(_fake_lm_checkpoint(p, "word:another-corpus")))),
+   "tokenizer mismatch between the G checkpoint and the data"),
+])
+def test_bad_gan_inputs_are_one_line_input_errors(tmp_path, change, message):
+  c = tiny_gan_config()
+  change(c, tmp_path / "lm")
+  with pytest.raises(InputError, match=message) as err:
+    gan_task.run(c, tmp_path / "run")
+  assert "\n" not in str(err.value)
+
+
+def test_bad_augment_inputs_are_input_errors(tmp_path):
+  c = _config("augment")
+  c.augment.ratio = 0.0
+  with pytest.raises(InputError, match="empty sample set"):
+    augment_task.run(c, tmp_path / "a")
+  c = _config("augment")
+  c.data.source = "trigram"
+  with pytest.raises(InputError, match="not supported by objective='augment'"):
+    augment_task.run(c, tmp_path / "b")
+
+
+def test_cli_prints_one_error_line_and_exits_2(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "jaxtextgan.main", "--config=configs/gan.py",
+                         "--config.gan.tau.end=0", f"--workdir={tmp_path}"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+  assert proc.returncode == 2, proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "zero tau" in lines[0]
+
+
+# --- augmentation and Table 1, tiny -------------------------------------------------------------------------------
+
+
+def _text_corpus(directory: pathlib.Path) -> dict:
+  """Word-level train/valid/test files of oracle sentences ("w3 w17 ..."), one per line."""
+  oracle = trigram.TrigramLM(seed=0, vocab_size=20, sentence_len=6)
+  files = {}
+  for i, (name, n) in enumerate((("train", 1200), ("valid", 100), ("test", 100))):
+    rows = oracle.sample(n, np.random.default_rng(i))
+    files[name] = directory / f"{name}.txt"
+    files[name].write_text("".join(" ".join(f"w{w}" for w in row) + "\n" for row in rows))
+  return files
+
+
+def test_table1_tiny_writes_the_table_with_all_rows(tmp_path):
+  files = _text_corpus(tmp_path)
+  c = _config("table1")
+  c.mesh_shape = (1, 1, 1)
+  c.data.update(dict(source="text", train_file=str(files["train"]), valid_file=str(files["valid"]),
+                     test_file=str(files["test"]), seq_len=10, batch_size=8))
+  c.width.update(dict(d_model=8, n_head=2, d_ff=16, max_len=12, dropout=0.0))
+  c.lm12.steps = c.lm24.steps = 6
+  c.train.update(dict(log_every=3, checkpoint_every=0))
+  c.eval.batch_size = 32
+  c.sample.update(dict(num=2, length=4))
+  c.gan.discriminator.update(dict(kind="cnn", d_model=8, widths=(2,), filters=4, dropout=0.0))
+  c.gan.gan.update(dict(steps=4, batch_size=8, log_every=2, checkpoint_every=0, fast_compile=True))
+  c.gan.eval.nll_test = False
+  c.gan.sample.num = 8
+  c.augment.update(dict(ratio=0.1, steps=4, sample_batch=16, log_every=2, splits=("test",)))
+  c.output = str(tmp_path / "results" / "table1.md")
+  c.lock()  # as the command line leaves it: derived stage configs must not write into it
+  results = table1_task.run(c, tmp_path / "run")
+  text = pathlib.Path(c.output).read_text()
+  for row in ("GPT-2 (base) | 12", "GPT-2 (deep) | 24", "GPT-2 + GAN augmentation | 24",
+              "LM-sample augmentation, same temperature | 24", "without augmentation, same steps | 24"):
+    assert row in text, row
+  assert "Command: `python -m jaxtextgan.main --config=configs/table1.py`" in text and "Seed: 0" in text
+  assert len(results["rows"]) == 5 and all(np.isfinite(r["test"]["perplexity"]) for r in results["rows"])
+  aug = json.loads((tmp_path / "run" / "augment24" / "results.json").read_text())
+  real = aug["real_sequences"]
+  assert aug["synthetic"] == round(0.1 * real)
+  assert aug["arms"]["none"]["train_sequences"] == real
+  assert aug["arms"]["gan"]["train_sequences"] == aug["arms"]["lm"]["train_sequences"] == real + aug["synthetic"]
+  synthetic = (tmp_path / "run" / "augment24" / "synthetic_gan.txt").read_text().splitlines()
+  assert len(synthetic) == aug["synthetic"] and all(w.startswith("w") or w in ("<eos>", "<unk>")
+                                                    for line in synthetic for w in line.split())

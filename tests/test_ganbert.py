@@ -1,0 +1,266 @@
+"""GAN-BERT objective: both losses against NumPy, masking, replication, update isolation, mesh equivalence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtextgan import sharding as shd
+from jaxtextgan.data import classification as cls_data
+from jaxtextgan.models import bert
+from jaxtextgan.objectives import ganbert as gb
+from jaxtextgan.tasks import ganbert as task
+
+EPS = 1e-8
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def np_d_loss(real, fake, labels):
+  """Section 2 with the release's eps, written out in NumPy; fake class last."""
+  k = real.shape[1] - 1
+  labeled = labels >= 0
+  log_p = _log_softmax(real[:, :k])
+  sup = -np.mean([log_p[i, labels[i]] for i in np.flatnonzero(labeled)]) if labeled.any() else 0.0
+  unsup_real = -np.mean(np.log(1 - _softmax(real)[:, k] + EPS))
+  unsup_fake = -np.mean(np.log(_softmax(fake)[:, k] + EPS))
+  return sup + unsup_real + unsup_fake, sup, unsup_real, unsup_fake
+
+
+def np_g_loss(fake, real_f, fake_f, reduce):
+  k = fake.shape[1] - 1
+  unsup = -np.mean(np.log(1 - _softmax(fake)[:, k] + EPS))
+  diff = real_f.mean(0) - fake_f.mean(0)
+  fm = np.mean(diff ** 2) if reduce == "mean" else np.sum(diff ** 2)
+  return unsup + fm, unsup, fm
+
+
+# Hand-made logits over k = 3 real classes + fake: confident, uncertain, and "looks fake" rows.
+REAL = np.array([[4.0, 0.0, -1.0, -2.0],
+                 [0.5, 0.4, 0.3, 0.2],
+                 [-1.0, 3.0, 0.0, 2.5],
+                 [0.0, 0.0, 5.0, -3.0],
+                 [1.0, -1.0, 0.0, 6.0]], np.float32)
+FAKE = np.array([[0.0, 0.0, 0.0, 3.0], [2.0, 1.0, 0.0, -1.0], [0.0, 0.5, 0.0, 0.0]], np.float32)
+LABELS = np.array([0, -1, 1, -1, 2], np.int32)
+
+
+def test_discriminator_loss_matches_numpy():
+  loss, aux = gb.discriminator_loss(jnp.asarray(REAL), jnp.asarray(FAKE), jnp.asarray(LABELS))
+  ref, sup, ur, uf = np_d_loss(REAL, FAKE, LABELS)
+  np.testing.assert_allclose(float(loss), ref, rtol=1e-6)
+  np.testing.assert_allclose([float(aux["d_sup"]), float(aux["d_unsup_real"]), float(aux["d_unsup_fake"])],
+                             [sup, ur, uf], rtol=1e-6)
+  assert float(aux["labeled"]) == 3
+
+
+def test_unlabeled_rows_are_masked_out_of_the_supervised_term():
+  """Changing the class logits of unlabeled rows (not their fake logit) leaves L_D,sup unchanged."""
+  other = REAL.copy()
+  other[LABELS < 0, :3] += np.array([7.0, -5.0, 2.0])
+  _, a = gb.discriminator_loss(jnp.asarray(REAL), jnp.asarray(FAKE), jnp.asarray(LABELS))
+  _, b = gb.discriminator_loss(jnp.asarray(other), jnp.asarray(FAKE), jnp.asarray(LABELS))
+  assert float(a["d_sup"]) == pytest.approx(float(b["d_sup"]), rel=1e-7)
+  assert float(a["d_unsup_real"]) != pytest.approx(float(b["d_unsup_real"]), rel=1e-3)  # still real rows
+  # The mean is over labeled rows only: not diluted by the two unlabeled rows.
+  per_row = -_log_softmax(REAL[:, :3])[[0, 2, 4], [0, 1, 2]]
+  assert float(a["d_sup"]) == pytest.approx(per_row.mean(), rel=1e-6)
+  # A batch without labels has no supervised term (and no NaN).
+  loss, c = gb.discriminator_loss(jnp.asarray(REAL), jnp.asarray(FAKE), jnp.full((5,), -1, jnp.int32))
+  assert float(c["d_sup"]) == 0.0 and np.isfinite(float(loss))
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_generator_loss_matches_numpy(reduce):
+  rng = np.random.default_rng(0)
+  real_f, fake_f = rng.normal(size=(5, 6)).astype(np.float32), rng.normal(size=(3, 6)).astype(np.float32)
+  loss, aux = gb.generator_loss(jnp.asarray(FAKE), jnp.asarray(real_f), jnp.asarray(fake_f), EPS, reduce)
+  ref, unsup, fm = np_g_loss(FAKE, real_f, fake_f, reduce)
+  np.testing.assert_allclose([float(loss), float(aux["g_unsup"]), float(aux["g_feature_matching"])],
+                             [ref, unsup, fm], rtol=1e-6)
+
+
+def test_feature_matching_compares_batch_means():
+  """Zero when the means agree, even if the rows differ; the paper's squared L2 norm is d times the mean."""
+  real_f = np.array([[1.0, 2.0], [3.0, 0.0]], np.float32)
+  fake_f = np.array([[2.0, 1.0], [2.0, 1.0], [2.0, 1.0]], np.float32)
+  _, aux = gb.generator_loss(jnp.asarray(FAKE), jnp.asarray(real_f), jnp.asarray(fake_f))
+  assert float(aux["g_feature_matching"]) == pytest.approx(0.0, abs=1e-7)
+  fake_f = fake_f + np.array([1.0, -3.0], np.float32)
+  _, mean = gb.generator_loss(jnp.asarray(FAKE), jnp.asarray(real_f), jnp.asarray(fake_f), EPS, "mean")
+  _, total = gb.generator_loss(jnp.asarray(FAKE), jnp.asarray(real_f), jnp.asarray(fake_f), EPS, "sum")
+  assert float(mean["g_feature_matching"]) == pytest.approx(5.0)
+  assert float(total["g_feature_matching"]) == pytest.approx(10.0)
+
+
+def test_class_probabilities_drop_the_fake_class():
+  probs = np.asarray(gb.class_probabilities(jnp.asarray(REAL), 3))
+  p = _softmax(REAL)
+  np.testing.assert_allclose(probs, p[:, :3] / (1 - p[:, 3:]), rtol=1e-5)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n_labeled,n_unlabeled,copies", [(109, 5343, 5), (10, 990, 6), (50, 50, 1), (4, 0, 1)])
+def test_labeled_rows_are_replicated_log2_inverse_fraction(n_labeled, n_unlabeled, copies):
+  """TREC's 109 of 5,452 (2%): int(log2(int(1/0.02))) = 5 copies; unlabeled rows once; baseline: no copies."""
+  labeled = cls_data.Examples([f"l{i}" for i in range(n_labeled)], np.arange(n_labeled) % 3)
+  unlabeled = cls_data.Examples([f"u{i}" for i in range(n_unlabeled)], np.full(n_unlabeled, -1))
+  data = cls_data.ClassificationData(labeled, unlabeled, labeled, ("a", "b", "c"))
+  train = task.training_examples(data, "ganbert")
+  counts = {t: train.texts.count(t) for t in set(train.texts)}
+  assert all(counts[f"l{i}"] == copies for i in range(n_labeled))
+  assert all(counts[f"u{i}"] == 1 for i in range(n_unlabeled))
+  assert len(train) == copies * n_labeled + n_unlabeled
+  assert (train.labels >= 0).sum() == copies * n_labeled
+  assert len(task.training_examples(data, "baseline")) == n_labeled
+
+
+# ------------------------------------------------------------------------------------------ steps on a tiny BERT
+
+TINY = bert.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=48, max_position_embeddings=40)
+OPT = dict(lr=1e-3, total_steps=10, warmup_steps=0, schedule="linear", end_lr_fraction=0.0, weight_decay=0.01,
+           grad_clip_norm=1.0)
+
+
+def _batch(b=8, t=16, seed=0):
+  rng = np.random.default_rng(seed)
+  mask = np.ones((b, t), np.int32)
+  mask[1, 9:] = 0
+  mask[5, 4:] = 0
+  return {"input_ids": rng.integers(5, 64, (b, t)).astype(np.int32), "attention_mask": mask,
+          "labels": np.array([0, -1, 2, -1, -1, 1, -1, 0][:b], np.int32)}
+
+
+FAST = {"xla_backend_optimization_level": 0}  # compile time dominates tests of tiny models
+
+
+def _program(mesh, cfg):
+  return gb.program(TINY, cfg, OPT, OPT if cfg.method == "ganbert" else None, mesh, compiler_options=FAST,
+                    donate=False)
+
+
+def _host(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _assert_same(a, b):
+  jax.tree.map(np.testing.assert_array_equal, _host(a), _host(b))
+
+
+def _changed(a, b) -> bool:
+  return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(_host(a)), jax.tree.leaves(_host(b))))
+
+
+CFG = gb.GanBertConfig(num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def one_device():
+  mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  prog = _program(mesh, CFG)
+  return mesh, prog.init_random(jax.random.key(0)), prog.steps
+
+
+def test_g_step_leaves_encoder_and_d_unchanged_and_d_step_leaves_g_unchanged(one_device):
+  mesh, state, steps = one_device
+  batch = shd.put_batch(_batch(), mesh)
+  rng = jax.random.key(3)
+  after_d, _ = steps["d_step"](state, batch, rng)
+  _assert_same(after_d.g.params, state.g.params)
+  _assert_same(after_d.g.opt_state, state.g.opt_state)
+  assert _changed(after_d.d.params["encoder"], state.d.params["encoder"])  # the encoder is fine-tuned by L_D
+  assert _changed(after_d.d.params["head"], state.d.params["head"])
+  assert int(after_d.step) == int(state.step)
+
+  after_g, _ = steps["g_step"](after_d, batch, rng)
+  _assert_same(after_g.d.params, after_d.d.params)
+  _assert_same(after_g.d.opt_state, after_d.d.opt_state)
+  assert _changed(after_g.g.params, after_d.g.params)
+  assert int(after_g.step) == int(state.step) + 1
+
+
+def test_each_update_is_the_gradient_of_its_own_loss_alone(one_device):
+  """No mixing: D-step's gradient in D's head is that of L_D alone (fakes held fixed), and G-step's gradient is
+  that of L_G in G alone; neither adds the other player's loss (the PyTorch port back-propagates both into both).
+  The reference recomputes both losses with the steps' own keys (same dropout masks and noise)."""
+  mesh, state, steps = one_device
+  host = _batch()
+  batch = shd.put_batch(host, mesh)
+  rng = jax.random.key(5)
+  after_d, d_metrics = steps["d_step"](state, batch, rng)
+  _, g_metrics = steps["g_step"](after_d, batch, rng)
+  classifier = nnx.merge(state.d.graphdef, state.d.params)
+  sentence = jax.jit(lambda ids, mask, key: classifier.sentence(ids, mask, key))
+
+  def generate(g_params, key):
+    z_key, drop_key = jax.random.split(key)
+    return nnx.merge(state.g.graphdef, g_params)(jax.random.normal(z_key, (8, CFG.latent_dim)),
+                                                 dropout_key=drop_key)[0]
+
+  # d_step: key = fold_in(fold_in(rng, step), 0) -> (fake key, loss key); loss key -> (encoder, real, fake) keys.
+  g_key, loss_key = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, 0), 0))
+  enc_key, real_key, fake_key = jax.random.split(loss_key, 3)
+  h_real = sentence(host["input_ids"], host["attention_mask"], enc_key)
+  h_fake = jax.jit(generate)(state.g.params, g_key)
+  head_graphdef, head_params = nnx.split(classifier.head, nnx.Param)
+
+  def d_loss(head_params):
+    model = nnx.merge(state.d.graphdef, state.d.params)
+    model.head = nnx.merge(head_graphdef, head_params)
+    real, real_f = model.discriminate(h_real, real_key)
+    fake, _ = model.discriminate(h_fake, fake_key)
+    return gb.discriminator_loss(real, fake, host["labels"])[0], real_f.mean(0)
+
+  (loss, real_f), grads = jax.jit(jax.value_and_grad(d_loss, has_aux=True))(head_params)
+  assert float(d_metrics["d_loss"]) == pytest.approx(float(loss), rel=1e-5)
+  assert float(d_metrics["d_head_grad_norm"]) == pytest.approx(float(gb.training.tree_l2_norm(grads)), rel=1e-4)
+  # The D-step stores E f(real) of its own forward pass: the feature-matching target of the G-step.
+  np.testing.assert_allclose(np.asarray(after_d.real_features), np.asarray(real_f), rtol=1e-5, atol=1e-7)
+
+  # g_step: key = fold_in(fold_in(rng, step), 1) -> (G, fake) keys; D is the updated one, read only.
+  g_key, fake_key = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, 0), 1))
+  updated = nnx.merge(after_d.d.graphdef, after_d.d.params)
+
+  def g_loss(g_params):
+    fake, fake_f = updated.discriminate(generate(g_params, g_key), fake_key)
+    return gb.generator_loss(fake, real_f[None], fake_f)[0]
+
+  loss, grads = jax.jit(jax.value_and_grad(g_loss))(state.g.params)
+  assert float(g_metrics["g_loss"]) == pytest.approx(float(loss), rel=1e-5)
+  assert float(g_metrics["g_grad_norm"]) == pytest.approx(float(gb.training.tree_l2_norm(grads)), rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)])
+def test_steps_give_the_same_losses_on_a_mesh_as_on_one_device(one_device, shape):
+  mesh1, state1, steps1 = one_device
+  batch = _batch()
+  rng = jax.random.key(7)
+  s1, d1 = steps1["d_step"](state1, shd.put_batch(batch, mesh1), rng)
+  _, g1 = steps1["g_step"](s1, shd.put_batch(batch, mesh1), rng)
+
+  mesh = shd.make_mesh(shape)
+  prog = _program(mesh, CFG)
+  # The same initial values laid out on the mesh (the static graphdef/optimizer come from the mesh's program).
+  state = jax.tree.unflatten(jax.tree.structure(prog.shardings),
+                             [jax.device_put(x, sh) for x, sh in zip(jax.tree.leaves(state1),
+                                                                     jax.tree.leaves(prog.shardings))])
+  s, d = prog.steps["d_step"](state, shd.put_batch(batch, mesh), rng)
+  s, g = prog.steps["g_step"](s, shd.put_batch(batch, mesh), rng)
+  for key in ("d_loss", "d_sup", "d_unsup_real", "d_unsup_fake", "d_grad_norm"):
+    assert float(d[key]) == pytest.approx(float(d1[key]), rel=2e-5, abs=1e-6), key
+  np.testing.assert_allclose(np.asarray(s.real_features), np.asarray(s1.real_features), rtol=2e-5, atol=1e-6)
+  for key in ("g_loss", "g_feature_matching", "g_grad_norm"):
+    assert float(g[key]) == pytest.approx(float(g1[key]), rel=2e-5, abs=1e-7), key
+  if shape == (2, 2, 2):  # the state really is sharded: FSDP on 'embed', tensor parallelism on 'mlp'
+    kernel = s.d.params["head"]["hidden"][0]["kernel"].get_value()
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
