@@ -34,9 +34,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   else:
     c.model = model_config(vocab_size=0, n_layer=2, d_model=256, n_head=4, d_ff=1024, max_len=128, dropout=0.1)
   c.optimizer = ml_collections.ConfigDict(dict(
-    lr=3e-3, total_steps=800, warmup_steps=100, end_lr_fraction=0.05, schedule="cosine", b1=0.9, b2=0.98,
+    lr=3e-3, total_steps=600, warmup_steps=75, end_lr_fraction=0.05, schedule="cosine", b1=0.9, b2=0.98,
     eps=1e-8, weight_decay=0.1, grad_clip_norm=1.0))
-  c.train = ml_collections.ConfigDict(dict(steps=800, log_every=50, eval_every=400, checkpoint_every=400,
+  c.train = ml_collections.ConfigDict(dict(steps=600, log_every=50, eval_every=300, checkpoint_every=300,
                                            keep_checkpoints=2))
   c.optimizer.total_steps = c.train.get_ref("steps")
   c.eval = ml_collections.ConfigDict(dict(batch_size=64))

@@ -474,9 +474,9 @@ def _version(module: str) -> str:
 
 def summarize_trace(path: str, top: int = 12) -> dict:
   """Device-op time of a jax.profiler trace: the top ops and the share of matmul (ynn/dot) ops."""
-  import collections
   import glob
   import gzip
+  import re
   files = glob.glob(os.path.join(path, "**", "*.trace.json.gz"), recursive=True)
   if not files:
     return {}
@@ -484,7 +484,8 @@ def summarize_trace(path: str, top: int = 12) -> dict:
   per_op: collections.Counter = collections.Counter()
   for e in events:
     name = e.get("name", "")
-    if e.get("ph") == "X" and not name.startswith(("Thunk", "$", "Slinky")):
+    # HLO instruction names (ynn_fusion.3, copy.12, while.7); host-side events have capitals, '$' or spaces.
+    if e.get("ph") == "X" and re.fullmatch(r"[a-z][a-z0-9_.\-]*", name):
       per_op[name] += e.get("dur", 0)
   total = sum(per_op.values()) or 1
   matmul = sum(v for k, v in per_op.items() if k.startswith(("ynn_fusion", "dot", "custom-call")))

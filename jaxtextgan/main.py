@@ -65,12 +65,11 @@ def main(argv) -> None:
   if objective not in TASKS:
     raise InputError(f"config.objective={objective!r} is unknown: use one of {', '.join(TASKS)}")
   _init_distributed()
-  task = importlib.import_module(TASKS[objective])
   if _DRY_RUN.value:
-    if not hasattr(task, "dry_run"):
-      raise InputError(f"--dry_run is not available for objective {objective!r}")
-    task.dry_run(config)
+    from jaxtextgan import dryrun
+    dryrun.dry_run(config)
     return
+  task = importlib.import_module(TASKS[objective])
   workdir = _WORKDIR.value or f"workdirs/{objective}"
   task.run(config, workdir)
 

@@ -107,8 +107,10 @@ def cast_floating(tree, dtype):
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def jit_train_step(step_fn, mesh: Mesh, state_shardings, batch_shardings, *, donate: bool = True):
+def jit_train_step(step_fn, mesh: Mesh, state_shardings, batch_shardings, *, donate: bool = True,
+                   compiler_options: dict | None = None):
   """jit with explicit in/out shardings: (state, batch, rng) -> (state, metrics), donating the old state."""
   rep = NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, rep),
-                 out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
+                 out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else (),
+                 compiler_options=compiler_options)

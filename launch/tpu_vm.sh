@@ -242,7 +242,9 @@ upload_local_code() {
   [[ -f $REPO/setup.py ]] || die_usage "--repo '$REPO' has no setup.py: point it to a jaxtextgan checkout"
   local tarball=${TMPDIR:-/tmp}/jaxtextgan-src-$NAME.tar.gz
   if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    local list=(git -C "$REPO" ls-files -z --cached --others --exclude-standard)
+    # A virtualenv or run directory inside the checkout is never uploaded, even when .gitignore forgets it.
+    local list=(git -C "$REPO" ls-files -z --cached --others --exclude-standard --exclude=.venv/ --exclude=venv/
+                --exclude=workdirs/)
     local pack=(tar -czf "$tarball" -C "$REPO" --null --files-from=-)
     # GNU tar skips a tracked file deleted in the work tree instead of failing (bsdtar, e.g. macOS, has no such flag).
     if tar --version 2>/dev/null | grep -q 'GNU tar'; then pack+=(--ignore-failed-read); fi

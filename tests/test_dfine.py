@@ -1,5 +1,7 @@
 """Discriminator fine-tuning objective: eq. (6), (8), (11)-(12) against NumPy, Proposition 1, clipping, sharding."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -177,35 +179,73 @@ def _batch(seed, rows=8, t=8, vocab=32):
   return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
 
 
-def test_finetune_step_same_loss_on_every_mesh():
-  cfg = gpt2.GPT2Config(vocab_size=32, max_len=8, n_layer=2, d_model=32, n_head=4, d_ff=64, tie_embeddings=False,
-                        output_bias=True, dropout=0.0)
+MESH_CFG = gpt2.GPT2Config(vocab_size=32, max_len=8, n_layer=2, d_model=32, n_head=4, d_ff=64, tie_embeddings=False,
+                           output_bias=True, dropout=0.0)
+MESHES = [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)]
+# Two AdamW steps at lr 1e-2 move a weight by up to ~2 lr; a flipped or missing update would differ by ~1e-2. Meshes
+# only reorder reductions (gradients move by ~1e-7 relative). Adam's eps is 1e-3, not 1e-8: some gradients are
+# zero up to rounding (the attention key bias: softmax ignores a shift per query), and g / (|g| + 1e-8) would blow
+# their rounding noise up to +-lr. With eps 1e-3 the update is a smooth function of g (Lipschitz lr / eps = 10), the
+# meshes agree to ~3e-7, and 1% of one lr step is a wide margin.
+PARAM_ATOL = 1e-4
+
+
+def _mesh_opt():
+  opt = _opt()
+  opt.eps = 1e-3
+  return opt
+
+
+@functools.lru_cache(maxsize=None)
+def _frozen_host():
+  """Host copies of q0 and of a random discriminator (r varies over words and contexts)."""
   one = shd.make_mesh((1, 1, 1), jax.devices()[:1])
-  # Host copies of q0 and the discriminator, placed on each mesh with that mesh's shardings.
-  q0_host = jax.device_get(dfine.init_state(cfg, _opt(), jax.random.key(0), one)[0].params)
-  disc_host = jax.device_get(dfine.zero_output_layer(q0_host))
-  disc_host = jax.tree.map(lambda x: x + 0.1 * np.sign(x + 0.5), disc_host)  # a discriminator with r != 1/2
-  results = {}
-  for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)]:
-    mesh = shd.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
-    _, params_sh = dfine.param_shardings(cfg, mesh)
-    frozen = {"q0": jax.device_put(q0_host, params_sh), "disc": jax.device_put(disc_host, params_sh)}
-    state, state_sh = dfine.init_state(cfg, _opt(), jax.random.key(2), mesh, params=frozen["q0"])
-    graphdef = state.graphdef
-    step = dfine.jit_stage_step(dfine.make_finetune_step(graphdef, graphdef, kind="dfine"), mesh, state_sh,
-                                {"q0": params_sh, "disc": params_sh},
-                                {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")}, frozen)
-    losses = []
-    for i in range(2):
-      state, metrics = step(state, shd.put_batch(_batch(i), mesh), jax.random.key(3))
-      losses.append(float(metrics["loss"]))
-    # The frozen q0 was copied into the fine-tuned state, so donating the state left it intact.
-    np.testing.assert_array_equal(np.asarray(frozen["q0"]["out_bias"].get_value()),
-                                  np.asarray(q0_host["out_bias"].get_value()))
-    assert losses[1] != losses[0]
-    results[shape] = losses
-  for shape, losses in results.items():
-    np.testing.assert_allclose(losses, results[(1, 1, 1)], rtol=2e-5, err_msg=str(shape))
+  q0_host = jax.device_get(dfine.init_state(MESH_CFG, _opt(), jax.random.key(0), one)[0].params)
+  return q0_host, jax.device_get(dfine.init_state(MESH_CFG, _opt(), jax.random.key(1), one)[0].params)
+
+
+def _two_stage_steps(stage, shape):
+  """(losses, final params) of two steps of the discriminator stage (eq. 6, from the discriminator above) or the
+  fine-tune stage (eq. 12 with that discriminator, from q0) on a mesh. Without dropout: it doubles the compile time
+  here, and dropout keys on meshes are covered by the LM and GAN-BERT mesh tests."""
+  mesh = shd.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
+  q0_host, disc_host = _frozen_host()
+  _, params_sh = dfine.param_shardings(MESH_CFG, mesh)
+  q0 = jax.device_put(q0_host, params_sh)
+  batch_sh = {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")}
+  q0_graphdef = dfine.graphdef_of(MESH_CFG)
+  if stage == "disc":
+    frozen, frozen_sh = {"q0": q0}, {"q0": params_sh}
+    state, state_sh = dfine.init_state(MESH_CFG, _mesh_opt(), jax.random.key(2), mesh,
+                                       params=jax.device_put(disc_host, params_sh))
+    step_fn = dfine.make_disc_step(q0_graphdef)
+  else:
+    frozen = {"q0": q0, "disc": jax.device_put(disc_host, params_sh)}
+    frozen_sh = {"q0": params_sh, "disc": params_sh}
+    state, state_sh = dfine.init_state(MESH_CFG, _mesh_opt(), jax.random.key(2), mesh, params=q0)
+    step_fn = dfine.make_finetune_step(q0_graphdef, q0_graphdef, kind="dfine")
+  step = dfine.jit_stage_step(step_fn, mesh, state_sh, frozen_sh, batch_sh, frozen)
+  losses = []
+  for i in range(2):
+    state, metrics = step(state, shd.put_batch(_batch(i), mesh), jax.random.key(3))
+    losses.append(float(metrics["loss"]))
+  # Donating the state left the frozen q0 intact (the fine-tuned state starts from a copy of it).
+  np.testing.assert_array_equal(np.asarray(frozen["q0"]["out_bias"].get_value()),
+                                np.asarray(q0_host["out_bias"].get_value()))
+  assert losses[1] != losses[0]
+  return losses, jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("stage", ["disc", "finetune"])
+def test_stage_step_same_loss_and_params_on_every_mesh(stage):
+  results = {shape: _two_stage_steps(stage, shape) for shape in MESHES}
+  ref_losses, ref_params = results[(1, 1, 1)]
+  start = _frozen_host()[1 if stage == "disc" else 0]
+  assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(start))) > 1e-3
+  for shape, (losses, params) in results.items():
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, err_msg=str(shape))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=PARAM_ATOL, err_msg=str(shape))
 
 
 def test_disc_step_lowers_eq6_loss():

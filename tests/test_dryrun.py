@@ -1,11 +1,22 @@
 """--dry_run compiles the step without training and reports parameters, FLOPs and per-device memory."""
 
-import jax
-import pytest
+import json
 
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from jaxtextgan import dryrun
+from jaxtextgan import sharding as shd
 from jaxtextgan.config import load_config
+from jaxtextgan.errors import InputError
+from jaxtextgan.objectives import dfine, ganbert
+from jaxtextgan.tasks import dfine as dfine_task
+from jaxtextgan.tasks import gan as gan_task
+from jaxtextgan.tasks import ganbert as ganbert_task
 from jaxtextgan.tasks import lm as lm_task
-from cli_helpers import REPO
+from cli_helpers import REPO, cli
 
 
 def lm_config(**model):
@@ -37,3 +48,101 @@ def test_fsdp_lowers_per_device_argument_memory():
   sharded = lm_task.dry_run(config)
   assert sharded["argument_size_in_bytes"] < 0.5 * single["argument_size_in_bytes"]
   assert len(jax.devices()) == 8
+
+
+def _count(*trees) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trees))
+
+
+def _sane(report, mesh):
+  assert report["devices"] == 8 and report["mesh"] == dict(zip(shd.MESH_AXES, mesh))
+  assert report["flops_per_step"] > 0 and report["per_device_bytes"] > 0
+  assert report["argument_size_in_bytes"] > 0 and report["temp_size_in_bytes"] > 0
+
+
+def test_gan_dry_run_compiles_pretraining_and_gan_steps(capsys):
+  config = load_config(REPO / "configs" / "gan.py")
+  config.mesh_shape = (2, 2, 2)
+  config.data.source = "trigram"
+  config.data.trigram.update(dict(vocab_size=20, sentence_len=6, train=40, valid=8, test=8))
+  config.data.batch_size = 8
+  config.model.update(dict(n_layer=1, d_model=16, n_head=2, d_ff=32, max_len=8))
+  config.generator.update(dict(length=6, latent_dim=8))
+  config.discriminator.update(dict(kind="cnn", widths=(2, 3), filters=8))
+  config.gan.update(dict(batch_size=8, n_critic=2, fast_compile=True))
+  reports = dryrun.dry_run(config)
+  assert list(reports) == ["pretrain G (MLE)", "GAN step (minimax, n_critic 2)"]
+  # The real initial state of the run with this config: G (its GPT-2 is the pre-trained LM) and D.
+  data = gan_task.trigram_data(config)
+  state = gan_task.setup(config, data, gan_task.lm_config(config, data), shd.make_mesh((2, 2, 2))).state
+  assert reports["GAN step (minimax, n_critic 2)"]["params"] == _count(state.g.params, state.d.params)
+  assert reports["pretrain G (MLE)"]["params"] == _count(state.g.params["lm"])
+  assert reports["GAN step (minimax, n_critic 2)"]["batch"] == {"real": (8, 2, 6)}
+  for report in reports.values():
+    _sane(report, (2, 2, 2))
+  out = capsys.readouterr().out
+  assert "[gan GAN step (minimax, n_critic 2)]" in out and "gan pretrain G (MLE): " in out
+
+
+def _tiny_bert_dir(tmp_path):
+  """A BERT directory with config.json and a safetensors file whose header names no pooler (no real weights)."""
+  cfg = dict(model_type="bert", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=48, max_position_embeddings=40, type_vocab_size=2)
+  (tmp_path / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+  save_file({"embeddings.word_embeddings.weight": np.zeros((1,), np.float32)}, str(tmp_path / "model.safetensors"))
+  return tmp_path
+
+
+def test_ganbert_dry_run_compiles_both_methods_from_the_encoder_config(tmp_path):
+  config = load_config(REPO / "configs" / "ganbert.py")
+  config.mesh_shape = (1, 2, 4)
+  config.mode = "experiment"
+  config.data.update(dict(source="files", label_names="a,b,c", batch_size=8, max_len=16))
+  config.eval.batch_size = 8
+  config.model.encoder_dir = str(_tiny_bert_dir(tmp_path))
+  config.train.update(dict(steps=5, fast_compile=True))
+  reports = dryrun.dry_run(config)
+  assert list(reports) == ["ganbert d_step", "ganbert g_step", "baseline sup_step"]
+  bert_cfg = dryrun.bert_config(config.model, 16)
+  assert not bert_cfg.pooler and bert_cfg.hidden_size == 32  # from config.json and the safetensors header
+  cfg = ganbert_task.model_config(config.model, 3, "ganbert")
+  opt = ganbert_task.optimizer_config(config.optimizer, 5)
+  state, _ = ganbert.init_state(bert_cfg, cfg, opt, opt, jax.random.key(0), shd.make_mesh((1, 2, 4)))
+  assert reports["ganbert d_step"]["params"] == _count(state.d.params, state.g.params)
+  assert reports["ganbert g_step"]["params"] == reports["ganbert d_step"]["params"]
+  # The baseline: no G, and k outputs instead of k+1.
+  hidden = cfg.d_hidden or 32
+  assert reports["baseline sup_step"]["params"] == _count(state.d.params) - (hidden + 1)
+  assert reports["ganbert d_step"]["batch"] == {"input_ids": (8, 16), "attention_mask": (8, 16), "labels": (8,)}
+  for report in reports.values():
+    _sane(report, (1, 2, 4))
+  assert reports["ganbert d_step"]["flops_per_step"] > 10 * reports["ganbert g_step"]["flops_per_step"]
+
+
+def test_dfine_dry_run_compiles_every_stage_program():
+  config = load_config(REPO / "configs" / "dfine_trigram.py")
+  config.mesh_shape = (2, 2, 2)
+  config.data.update(dict(trigram_vocab=30, sentence_len=8, seq_len=8, batch_size=8))
+  config.model.update(dict(n_layer=1, d_model=16, n_head=2, d_ff=32, max_len=8))
+  config.finetune.runs = ("initial:disc", "perturbed:disc")  # one program for both (the 'ce' variant: one more)
+  reports = dryrun.dry_run(config)
+  assert list(reports) == ["stage1_lm", "stage2_disc, stage2_disc_perturbed (eq. 6)",
+                           "stage3_finetune, stage3_finetune_perturbed (dfine, with the discriminator)"]
+  lm_cfg, _, _ = dfine_task.model_configs(config, 31)
+  state, _ = dfine.init_state(lm_cfg, dfine_task._opt_cfg(config.lm), jax.random.key(0), shd.make_mesh((2, 2, 2)))
+  n = _count(state.params)
+  assert [r["params"] for r in reports.values()] == [n] * 3
+  assert [r.get("frozen_params", 0) for r in reports.values()] == [0, n, 2 * n]
+  for report in reports.values():
+    _sane(report, (2, 2, 2))
+    assert report["tokens_per_step"] == 64
+
+
+def test_dry_run_of_another_objective_is_a_one_line_error(tmp_path):
+  config = load_config(REPO / "configs" / "augment.py")
+  with pytest.raises(InputError, match=r"--dry_run is not available for objective 'augment': use one of lm, gan, "
+                                       r"ganbert, dfine") as err:
+    dryrun.dry_run(config)
+  assert "\n" not in str(err.value)
+  proc = cli(tmp_path / "run", ["--dry_run"], config="configs/augment.py", check=False)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --dry_run is not available")

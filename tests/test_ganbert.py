@@ -240,13 +240,20 @@ def test_each_update_is_the_gradient_of_its_own_loss_alone(one_device):
   assert float(g_metrics["g_grad_norm"]) == pytest.approx(float(gb.training.tree_l2_norm(grads)), rel=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)])
-def test_steps_give_the_same_losses_on_a_mesh_as_on_one_device(one_device, shape):
+# Parameters after one D-step and one G-step: AdamW's first update is lr * g / (|g| + eps) per weight, i.e. about
+# +-lr = 1e-3, so a flipped or missing update would differ by 1e-3 to 2e-3. The meshes only reorder reductions
+# (gradients move by ~1e-7 relative; the parameters agree to ~3e-7 on every mesh); 2% of one lr step (2e-5)
+# leaves a wide margin.
+PARAM_ATOL = 0.02 * OPT["lr"]
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)])
+def test_steps_give_the_same_losses_and_params_on_a_mesh_as_on_one_device(one_device, shape):
   mesh1, state1, steps1 = one_device
   batch = _batch()
   rng = jax.random.key(7)
   s1, d1 = steps1["d_step"](state1, shd.put_batch(batch, mesh1), rng)
-  _, g1 = steps1["g_step"](s1, shd.put_batch(batch, mesh1), rng)
+  s1, g1 = steps1["g_step"](s1, shd.put_batch(batch, mesh1), rng)
 
   mesh = shd.make_mesh(shape)
   prog = _program(mesh, CFG)
@@ -261,6 +268,13 @@ def test_steps_give_the_same_losses_on_a_mesh_as_on_one_device(one_device, shape
   np.testing.assert_allclose(np.asarray(s.real_features), np.asarray(s1.real_features), rtol=2e-5, atol=1e-6)
   for key in ("g_loss", "g_feature_matching", "g_grad_norm"):
     assert float(g[key]) == pytest.approx(float(g1[key]), rel=2e-5, abs=1e-7), key
+  # Updated parameters of the encoder, D's head and G; each player's update really moved them.
+  for name, got, ref, before in (("encoder", s.d.params["encoder"], s1.d.params["encoder"], state1.d.params["encoder"]),
+                                 ("D", s.d.params["head"], s1.d.params["head"], state1.d.params["head"]),
+                                 ("G", s.g.params, s1.g.params, state1.g.params)):
+    assert _changed(ref, before), name
+    for a, b in zip(jax.tree.leaves(_host(got)), jax.tree.leaves(_host(ref))):
+      np.testing.assert_allclose(a, b, rtol=0, atol=PARAM_ATOL, err_msg=name)
   if shape == (2, 2, 2):  # the state really is sharded: FSDP on 'embed', tensor parallelism on 'mlp'
     kernel = s.d.params["head"]["hidden"][0]["kernel"].get_value()
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")

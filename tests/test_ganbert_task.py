@@ -9,14 +9,12 @@ import shutil
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 from conftest import REPO, shared_path
 from jaxtextgan import predict
-from jaxtextgan.data import classification as cls_data
 from jaxtextgan.errors import InputError
 from jaxtextgan.tasks import ganbert as task
 

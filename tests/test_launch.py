@@ -99,7 +99,7 @@ def test_tpu_setup_copies_this_checkout_to_all_workers(tmp_path):
   tarball = f"{tmp_path}/jaxtextgan-src-jtg.tar.gz"
   listing, pack = lines[0][2:].split(" | ")
   assert shlex.split(listing) == ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
-                                  "--exclude-standard"]
+                                  "--exclude-standard", "--exclude=.venv/", "--exclude=venv/", "--exclude=workdirs/"]
   assert shlex.split(pack)[:5] == ["tar", "-czf", tarball, "-C", str(REPO)]
   scp, rm, ssh = commands("\n".join(lines[1:]))
   assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, "jtg:jaxtextgan-src.tar.gz",
@@ -165,7 +165,8 @@ def test_tpu_setup_uploads_the_tracked_and_new_files(tmp_path):
   with tarfile.open(tmp_path / "uploaded.tar.gz") as tar:
     names = set(tar.getnames())
   assert {"setup.py", "jaxtextgan/main.py", "launch/tpu_vm.sh", "tests/test_launch.py"} <= names
-  assert not [n for n in names if n.startswith(".git/") or "__pycache__" in n or ".pytest_cache" in n]
+  assert not [n for n in names if n.startswith((".git/", ".venv/", "venv/", "workdirs/")) or "__pycache__" in n
+              or ".pytest_cache" in n]
   assert "+ gcloud compute tpus tpu-vm scp" in proc.stderr
 
 

@@ -61,10 +61,8 @@ def compiler_options() -> dict | None:
 
 def jit_train_step(mesh, state_shardings, batch_shardings, *, donate: bool = True):
   """`training.jit_train_step(train_step, ...)` with `compiler_options()`."""
-  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings, rep),
-                 out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else (),
-                 compiler_options=compiler_options())
+  return training.jit_train_step(train_step, mesh, state_shardings, batch_shardings, donate=donate,
+                                 compiler_options=compiler_options())
 
 
 def eval_step(state: training.TrainState, batch):

@@ -145,9 +145,8 @@ class FineTuner:
 
   def __post_init__(self):
     mesh = self.run.mesh
-    self.step_fn = training.jit_train_step(lm.train_step, mesh, self.shardings,
-                                           {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")},
-                                           donate=False)
+    self.step_fn = lm.jit_train_step(mesh, self.shardings,
+                                     {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")}, donate=False)
     self.evaluate = lm_task.make_evaluator(self.run, self.shardings)
 
   def initial_state(self) -> training.TrainState:

@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxtextgan import checkpoint, loop, metrics, training, writers
+from jaxtextgan import checkpoint, loop, metrics, writers
 from jaxtextgan import sharding as shd
 from jaxtextgan.data import lm as lm_data
 from jaxtextgan.errors import InputError
@@ -309,8 +309,8 @@ def pretrain_lm(run: common.Run, cfg, data: GANData, lm_cfg: gpt2.GPT2Config):
   meta_fn = lambda: {"data": batches.state(), "model": model_dict, "tokenizer": data.spec, "objective": "lm"}
   done = pdir / "results.json"
   if int(state.step) < steps or not done.exists():
-    step_fn = training.jit_train_step(lm.train_step, run.mesh, shardings,
-                                      {k: shd.batch_sharding(run.mesh) for k in ("inputs", "targets")})
+    step_fn = lm.jit_train_step(run.mesh, shardings,
+                                {k: shd.batch_sharding(run.mesh) for k in ("inputs", "targets")})
     writer = writers.MetricWriter(pdir)
     result = loop.run(state=state, step_fn=step_fn, batches=batches, put=lambda b: shd.put_batch(b, run.mesh),
                       rng=jax.random.key(cfg.seed + 1), total_steps=steps, checkpointer=ckpt, writer=writer,
@@ -394,6 +394,34 @@ class GeneratorEval:
       out["nll_test"] = test["nll"]
       out["ppl_test"] = test["perplexity"]
     return out, [self.data.decode(row) for row in ids]
+
+
+# --- D warm-up -----------------------------------------------------------------------------------------------------
+
+
+def warmup_discriminator(run: common.Run, cfg, data: GANData, s: Setup, state: gan.GANState) -> gan.GANState:
+  """`gan.d_warmup_steps` critic steps (eq. 4) against the initial G, whose params are only read.
+
+  D learns slowly from scratch (a few hundred batches to tell a small LM's samples from PTB), while G follows any
+  critic at once: without a warm-up G's first steps follow a near-random D. SeqGAN pre-trains its D likewise.
+  Runs only before GAN step 0, on its own real batches and keys, so the GAN phase's batches and keys (and resume)
+  are unchanged; an interrupted warm-up is simply redone, with the same numbers.
+  """
+  steps = cfg.gan.get("d_warmup_steps", 0)
+  d_step, _, _ = gan.make_steps(s.gan_cfg, s.gen_cfg.latent_dim, run.mesh)
+  step_fn = gan.jit_train_step(lambda st, batch, key: d_step(st, batch["real"][:, 0], key), run.mesh, s.shardings)
+  batches = RealBatches(data.real, cfg.gan.batch_size, 1, seed=cfg.seed + 1)
+  rng = jax.random.key(cfg.seed + 4)
+  history = []
+  for i in range(steps):
+    state, step_metrics = step_fn(state, shd.put_batch(next(batches), run.mesh), jax.random.fold_in(rng, i))
+    history.append(step_metrics)
+  last = jax.device_get(history[-min(len(history), max(1, cfg.gan.log_every)):])
+  summary_metrics = {k: float(np.mean([m[k] for m in last])) for k in last[0]}
+  run.writer.write(0, summary_metrics, "d_warmup")
+  print(f"D warm-up: {steps} critic steps against the initial G; over the last {len(last)}: "
+        f"d_real {summary_metrics['d_real']:.3f}, d_fake {summary_metrics['d_fake']:.3f}", flush=True)
+  return state
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -498,6 +526,8 @@ def run(config, workdir) -> dict:
     r.writer.write_text(0, "samples_before", texts[:8])
     common.write_json(before_path, before)
   before = json.loads(before_path.read_text())
+  if restored is None and cfg.gan.get("d_warmup_steps", 0) > 0:
+    state = warmup_discriminator(r, cfg, data, s, state)
 
   meta_fn = lambda: {"data": batches.state(), "tokenizer": data.spec, "objective": "gan", **expected}
   _, _, train_step = gan.make_steps(gan_cfg, gen_cfg.latent_dim, r.mesh)

@@ -32,10 +32,9 @@ import time
 from typing import Any, Iterator, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 
-from jaxtextgan import checkpoint, loop, training, writers
+from jaxtextgan import checkpoint, loop, writers
 from jaxtextgan import sharding as shd
 from jaxtextgan.data import classification as cls_data
 from jaxtextgan.errors import InputError

@@ -6,14 +6,12 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxtextgan import checkpoint, loop, sampling, training
+from jaxtextgan import checkpoint, loop, sampling
 from jaxtextgan import tokenizers as tok
 from jaxtextgan import sharding as shd
 from jaxtextgan.data import lm as lm_data
-from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import lm
 from jaxtextgan.tasks import common
 from jaxtextgan import writers
@@ -68,15 +66,7 @@ def dry_run(config) -> dict:
                                 vocab_size=config.tokenizer.get("vocab_size") or None).vocab_size
   model_cfg = common.model_config(config.model, vocab)
   common.check_seq_len(config.data.seq_len, model_cfg)
-  abstract, shardings = training.abstract_state(lm.make_state_fn(model_cfg, config.optimizer),
-                                                jax.random.key(0), mesh)
-  b, t = config.data.batch_size, config.data.seq_len
-  batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=shd.batch_sharding(mesh)) for k in ("inputs", "targets")}
-  report = dryrun.compile_report(lm.train_step, abstract, shardings, batch,
-                                 {k: shd.batch_sharding(mesh) for k in batch}, mesh, params=abstract.params,
-                                 tokens_per_step=b * t,
-                                 model_flops_per_step=b * t * dryrun.lm_flops_per_token(
-                                   gpt2.count_params(abstract.params), model_cfg.n_layer, model_cfg.d_model, t))
+  report = dryrun.lm_step_report(model_cfg, config.optimizer, mesh, config.data.batch_size, config.data.seq_len)
   print(dryrun.format_report(report), flush=True)
   return report
 
@@ -101,7 +91,7 @@ def run(config, workdir) -> dict:
   meta_fn = lambda: {"data": data_iter.state(), "model": model_dict, "tokenizer": tokenizer.spec,
                      "objective": "lm"}
   batch_sh = {k: shd.batch_sharding(r.mesh) for k in ("inputs", "targets")}
-  step_fn = training.jit_train_step(lm.train_step, r.mesh, shardings, batch_sh)
+  step_fn = lm.jit_train_step(r.mesh, shardings, batch_sh)
   evaluate = make_evaluator(r, shardings)
   eval_bs = config.eval.batch_size
   eval_fn = lambda s, _: evaluate(s, blocks["valid"], eval_bs)
