@@ -1,4 +1,4 @@
-"""Gumbel-Softmax text GAN on Penn Treebank (word level), sized to finish on a 2-core CPU in about 6 minutes.
+"""Gumbel-Softmax text GAN on Penn Treebank (word level), sized to finish on a 2-core CPU in under 10 minutes.
 
 python -m jaxtextgan.main --config=configs/gan.py                   # workdir: workdirs/gan
 
@@ -40,8 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.generator = ml_collections.ConfigDict(dict(kind="gpt2", length=16, latent_dim=32, mlp_hidden=(256,),
                                                init_from=""))
   # kind: transformer | cnn; pooling: mean | last (transformer); widths/filters (cnn). init_from_lm: D's encoder
-  # starts as a copy of G's pre-trained GPT-2 (then n_layer/d_model/n_head/d_ff are G's).
-  c.discriminator = ml_collections.ConfigDict(dict(kind="transformer", n_layer=1, d_model=64, n_head=2, d_ff=128,
+  # starts as a copy of G's pre-trained GPT-2 (then n_layer/d_model/n_head/d_ff are G's). The CNN is the default
+  # because it learns fastest: against the frozen MLE G, 400 batches of 64 give held-out accuracy 0.75 (CNN, lr 3e-3)
+  # vs 0.63 for the 1x64 transformer (at lr 1e-3 or 3e-3) and 0.68 for a transformer copied from G's LM.
+  c.discriminator = ml_collections.ConfigDict(dict(kind="cnn", n_layer=1, d_model=64, n_head=2, d_ff=128,
                                                    dropout=0.1, pooling="mean", widths=(2, 3, 4), filters=64,
                                                    init_from_lm=False))
 
@@ -54,13 +56,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Phase 2: the GAN. loss: minimax (eq. 4-5, non-saturating G) | wgan-gp. tau: constant | linear | exponential
   # from start to end over `steps` generator steps. fast_compile: XLA -O0 for the GAN step (tiny models only).
+  # d_warmup_steps: critic-only steps against the initial G before GAN step 0, so G's first steps follow a D that
+  # already separates its samples from real text. D must out-learn G: with batch 16, D at lr 1e-3 and G at 1e-4, G
+  # matched what D picked up (its sentence length went 12.5 -> 14.0, PTB's is 14.1) faster than D learnt it, so D
+  # stayed at 0.50 / 0.50 while G's test perplexity rose 10% (280 -> 310).
   c.gan = ml_collections.ConfigDict(dict(
-    loss="minimax", steps=300, batch_size=16, n_critic=1, gp_weight=10.0, hard=True, temperature=1.0,
-    log_every=25, checkpoint_every=100, eval_every=0, eval_samples=200, fast_compile=False,
+    loss="minimax", steps=300, batch_size=64, n_critic=1, d_warmup_steps=100, gp_weight=10.0, hard=True,
+    temperature=1.0, log_every=25, checkpoint_every=100, eval_every=0, eval_samples=200, fast_compile=False,
     tau=dict(kind="exponential", start=1.0, end=0.3)))
-  c.g_optimizer = ml_collections.ConfigDict(dict(lr=1e-4, warmup_steps=0, schedule="constant", b1=0.5, b2=0.999,
+  c.g_optimizer = ml_collections.ConfigDict(dict(lr=5e-5, warmup_steps=0, schedule="constant", b1=0.5, b2=0.999,
                                                  eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0))
-  c.d_optimizer = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, schedule="constant", b1=0.5, b2=0.999,
+  c.d_optimizer = ml_collections.ConfigDict(dict(lr=3e-3, warmup_steps=0, schedule="constant", b1=0.5, b2=0.999,
                                                  eps=1e-8, weight_decay=0.0, grad_clip_norm=10.0))
 
   # Evaluation of G: `num` samples before and after the GAN phase, scored against held-out (valid) sentences;

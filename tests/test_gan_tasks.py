@@ -38,10 +38,11 @@ def tiny_gan_config(steps=120, loss="minimax"):
   c.data.batch_size = 32
   c.generator.length = 8
   c.model.update(dict(n_layer=1, d_model=32, n_head=2, d_ff=64, max_len=16))
-  c.discriminator.update(dict(n_layer=1, d_model=32, n_head=2, d_ff=64, dropout=0.0))
+  # The transformer critic here (configs/gan.py's default is the CNN, which tests/test_gan.py covers).
+  c.discriminator.update(dict(kind="transformer", n_layer=1, d_model=32, n_head=2, d_ff=64, dropout=0.0))
   c.pretrain.steps = 0
-  c.gan.update(dict(loss=loss, steps=steps, batch_size=32, log_every=20, checkpoint_every=40, fast_compile=True,
-                    tau=dict(kind="exponential", start=1.0, end=0.5)))
+  c.gan.update(dict(loss=loss, steps=steps, batch_size=32, d_warmup_steps=20, log_every=20, checkpoint_every=40,
+                    fast_compile=True, tau=dict(kind="exponential", start=1.0, end=0.5)))
   c.g_optimizer.lr = 3e-3
   c.d_optimizer.lr = 3e-3
   c.eval.nll_test = False
@@ -80,6 +81,9 @@ def test_gan_on_the_trigram_oracle_lowers_nll_oracle(finished_run):
   train = [r for r in rows if r["split"] == "train"]
   assert {"d_loss", "g_loss", "d_real", "d_fake", "tau", "g_grad_norm", "d_grad_norm"} <= set(train[-1])
   assert train[-1]["tau"] < train[0]["tau"]
+  # The critic-only warm-up ran before GAN step 0 and D separates the random G's samples from the oracle's.
+  (warmup,) = [r for r in rows if r["split"] == "d_warmup"]
+  assert warmup["step"] == 0 and warmup["d_real"] > warmup["d_fake"] + 0.1, warmup
 
 
 def test_a_finished_run_prints_its_results_without_training(finished_run, capsys, monkeypatch):
@@ -132,6 +136,7 @@ def _fake_lm_checkpoint(path, tokenizer_spec):
    "conflicts with pretrain.steps=10: G starts from that checkpoint"),
   (lambda c, p: c.sample.update(dict(num=0)), "gives an empty sample set"),
   (lambda c, p: c.gan.tau.update(dict(start=0.0)), "zero tau"),
+  (lambda c, p: c.gan.update(dict(d_warmup_steps=-1)), "d_warmup_steps=-1 is negative"),
   (lambda c, p: c.gan.update(dict(batch_size=30, n_critic=1)) or c.update(dict(mesh_shape=(8, 1, 1))),
    "not divisible by the 8 data shards"),
   (lambda c, p: c.generator.update(dict(init_from=str(_fake_lm_checkpoint(p, "word:another-corpus")))),

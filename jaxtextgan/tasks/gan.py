@@ -7,6 +7,7 @@ gan_curves.png, results.json. Every phase resumes from its checkpoints; a finish
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -171,6 +172,8 @@ def check_options(cfg, mesh) -> None:
                      "(or gan.eval_every=0)")
   if cfg.gan.steps < 1:
     raise InputError(f"gan.steps={cfg.gan.steps} is invalid: use at least 1 GAN step")
+  if cfg.gan.get("d_warmup_steps", 0) < 0:
+    raise InputError(f"gan.d_warmup_steps={cfg.gan.d_warmup_steps} is negative: use 0 (no warm-up) or more")
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if cfg.gan.batch_size % shards:
     raise InputError(f"gan.batch_size={cfg.gan.batch_size} is not divisible by the {shards} data shards of "
@@ -228,7 +231,7 @@ def setup(cfg, data: GANData, lm_cfg: gpt2.GPT2Config, mesh) -> Setup:
     raise InputError(f"generator.length={gen_cfg.length} exceeds model.max_len={lm_cfg.max_len}: lower the length")
   disc_cfg = discriminator_config(cfg, data, lm_cfg)
   g_opt = _with_total(cfg.g_optimizer, cfg.gan.steps)
-  d_opt = _with_total(cfg.d_optimizer, cfg.gan.steps * cfg.gan.n_critic)
+  d_opt = _with_total(cfg.d_optimizer, cfg.gan.steps * cfg.gan.n_critic + cfg.gan.get("d_warmup_steps", 0))
   state, shardings = gan.init_state(gen_cfg, lm_cfg, disc_cfg, g_opt, d_opt, jax.random.key(cfg.seed + 2), mesh)
   return Setup(gan_config(cfg), gen_cfg, disc_cfg, lm_cfg, state, shardings)
 
@@ -400,7 +403,7 @@ class GeneratorEval:
 
 
 def warmup_discriminator(run: common.Run, cfg, data: GANData, s: Setup, state: gan.GANState) -> gan.GANState:
-  """`gan.d_warmup_steps` critic steps (eq. 4) against the initial G, whose params are only read.
+  """`gan.d_warmup_steps` critic steps (eq. 4, or the WGAN-GP critic loss) against the initial G (only read).
 
   D learns slowly from scratch (a few hundred batches to tell a small LM's samples from PTB), while G follows any
   critic at once: without a warm-up G's first steps follow a near-random D. SeqGAN pre-trains its D likewise.
@@ -409,14 +412,15 @@ def warmup_discriminator(run: common.Run, cfg, data: GANData, s: Setup, state: g
   """
   steps = cfg.gan.get("d_warmup_steps", 0)
   d_step, _, _ = gan.make_steps(s.gan_cfg, s.gen_cfg.latent_dim, run.mesh)
-  step_fn = gan.jit_train_step(lambda st, batch, key: d_step(st, batch["real"][:, 0], key), run.mesh, s.shardings)
+  step_fn = gan.jit_train_step(lambda st, batch, key: d_step(st, batch["real"][:, 0], key), run.mesh, s.shardings,
+                               compiler_options=gan.FAST_COMPILE if cfg.gan.fast_compile else None)
   batches = RealBatches(data.real, cfg.gan.batch_size, 1, seed=cfg.seed + 1)
   rng = jax.random.key(cfg.seed + 4)
-  history = []
+  history = collections.deque(maxlen=max(1, cfg.gan.log_every))  # D's metrics over the last steps are reported
   for i in range(steps):
     state, step_metrics = step_fn(state, shd.put_batch(next(batches), run.mesh), jax.random.fold_in(rng, i))
     history.append(step_metrics)
-  last = jax.device_get(history[-min(len(history), max(1, cfg.gan.log_every)):])
+  last = jax.device_get(list(history))
   summary_metrics = {k: float(np.mean([m[k] for m in last])) for k in last[0]}
   run.writer.write(0, summary_metrics, "d_warmup")
   print(f"D warm-up: {steps} critic steps against the initial G; over the last {len(last)}: "
