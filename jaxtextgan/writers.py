@@ -11,6 +11,22 @@ import jax
 
 from jaxtextgan.errors import InputError
 
+NOTES_MARKER = "<!-- notes: text below this line is kept when the report is rewritten -->"
+
+
+def write_report(path, text: str) -> None:
+  """Writes a Markdown report that ends in NOTES_MARKER; hand-written notes below the marker of the file it
+  replaces are kept, so re-running a results command never loses them."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  notes = ""
+  if path.exists():
+    old = path.read_text(encoding="utf-8")
+    if NOTES_MARKER in old:
+      notes = old.split(NOTES_MARKER, 1)[1].rstrip("\n")
+  body = text.rstrip("\n") + "\n\n" + NOTES_MARKER
+  path.write_text(body + (notes if notes.strip() else "") + "\n", encoding="utf-8")
+
 
 def ensure_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
   """Creates `workdir` and proves it writable, else a one-line InputError."""

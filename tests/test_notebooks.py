@@ -10,7 +10,6 @@ and checks them.
 import importlib.util
 import json
 import math
-import os
 import sys
 
 import nbformat
@@ -70,8 +69,6 @@ def execute(name: str, tmp_path, monkeypatch, kernel_dir) -> dict:
     shared_path(*parts)
   monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
   monkeypatch.setenv("JAXTEXTGAN_REPO", str(REPO))
-  # Compiling dominates these tiny runs; LLVM -O0 halves the kernel's CPU time and keeps the test suite short.
-  monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip())
   nb = nbformat.read(NOTEBOOKS / name, as_version=4)
   nb.cells.append(nbformat.v4.new_code_cell(
     "import json as _json, resource as _resource\n"

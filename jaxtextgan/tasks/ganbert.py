@@ -488,21 +488,11 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   return out
 
 
-NOTES_MARKER = "<!-- notes: text below this line is kept when the report is rewritten -->"
-
-
 def write_report(config, rows: Sequence[dict], command: str) -> None:
-  """Markdown table (mean +- std and every run) and the figure; hand-written notes below NOTES_MARKER survive."""
+  """Markdown table (mean +- std and every run) and the figure; hand-written notes below writers.NOTES_MARKER survive."""
   if jax.process_index() != 0 or not rows:
     return
   exp, data_cfg, opt = config.experiment, config.data, config.optimizer
-  path = pathlib.Path(exp.report)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  notes = ""
-  if path.exists():
-    old = path.read_text(encoding="utf-8")
-    if NOTES_MARKER in old:
-      notes = old.split(NOTES_MARKER, 1)[1]
   summary = summarize(rows)
   encoder = config.model.encoder_dir or f"bundled all-MiniLM-L6-v2 ({bert.default_encoder_dir()})"
   first = rows[0]
@@ -551,10 +541,8 @@ def write_report(config, rows: Sequence[dict], command: str) -> None:
     per_seed[(_fraction_label(row), row["seed"])] = per_seed.get((_fraction_label(row), row["seed"]), 0.0) + \
       row["wall_seconds"]
   lines += ["", "Wall time per seed (all methods of that seed, training + test evaluation; compile included): " +
-            ", ".join(f"{lab} seed {s}: {sec / 60:.1f} min" for (lab, s), sec in per_seed.items()) + ".", "",
-            NOTES_MARKER]
-  path.write_text("\n".join(lines) + notes.rstrip("\n") + "\n" if notes.strip() else "\n".join(lines) + "\n",
-                  encoding="utf-8")
+            ", ".join(f"{lab} seed {s}: {sec / 60:.1f} min" for (lab, s), sec in per_seed.items()) + "."]
+  writers.write_report(exp.report, "\n".join(lines))
   if exp.figure:
     plot_experiment(summary, rows, pathlib.Path(exp.figure), exp.title or first["data"])
 
