@@ -11,27 +11,9 @@ python -m jaxtextgan.main --config=configs/augment.py                 # workdir:
    validation/test perplexity and next-token accuracy of each, and of the base LM, in results.md.
 """
 
-import dataclasses
-import importlib.util
-import pathlib
-
 import ml_collections
 
-from jaxtextgan.models.gpt2 import GPT2Config
-
-
-def _gan_defaults() -> ml_collections.ConfigDict:
-  """configs/gan.py's config, loaded by path so this file works wherever it is imported from."""
-  spec = importlib.util.spec_from_file_location("_jaxtextgan_gan_config", pathlib.Path(__file__).with_name("gan.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def model_config(**overrides) -> ml_collections.ConfigDict:
-  fields = {f.name: f.default for f in dataclasses.fields(GPT2Config)}
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
+from jaxtextgan.config import gpt2_model_config as model_config, sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -54,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
                                            keep_checkpoints=1))
   c.optimizer.total_steps = c.train.get_ref("steps")
 
-  c.gan = _gan_defaults()
+  c.gan = sibling_config(__file__, "gan")
   c.gan.gan.steps = 200
 
   # ratio: synthetic sequences per real training sequence in D_aug = D_real + D_synthetic (eq. 11).

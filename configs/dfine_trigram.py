@@ -8,25 +8,9 @@ perturbed model with plain cross-entropy:
 python -m jaxtextgan.main --config=configs/dfine_trigram.py --workdir=workdirs/dfine_trigram
 """
 
-import dataclasses
-
 import ml_collections
 
-from jaxtextgan.models.gpt2 import GPT2Config
-
-
-def model_config(**overrides) -> ml_collections.ConfigDict:
-  """Every GPT2Config field, so each can be overridden as --config.model.<field>=value."""
-  fields = {f.name: f.default for f in dataclasses.fields(GPT2Config)}
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
-
-
-def optimizer(lr, warmup=0, schedule="cosine", weight_decay=0.0, clip=0.25, name="adamw"):
-  """AdamW (or name='sgd') with warmup, decay to 10% (cosine) or a constant rate, and global-norm clipping."""
-  return ml_collections.ConfigDict(dict(name=name, lr=lr, warmup_steps=warmup, end_lr_fraction=0.1,
-                                        schedule=schedule, b1=0.9, b2=0.98, eps=1e-8, weight_decay=weight_decay,
-                                        grad_clip_norm=clip))
+from jaxtextgan.config import gpt2_model_config as model_config, optimizer_config as optimizer
 
 
 def get_config() -> ml_collections.ConfigDict:

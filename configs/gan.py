@@ -7,18 +7,9 @@ Phase 1 pre-trains G's GPT-2 with MLE (GAN seed eq. 1-2); phase 2 trains G again
 results. `--config.data.source=trigram` uses the synthetic trigram oracle instead (then NLL-oracle is reported).
 """
 
-import dataclasses
-
 import ml_collections
 
-from jaxtextgan.models.gpt2 import GPT2Config
-
-
-def model_config(**overrides) -> ml_collections.ConfigDict:
-  """Every GPT2Config field, so each can be overridden as --config.model.<field>=value."""
-  fields = {f.name: f.default for f in dataclasses.fields(GPT2Config)}
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
+from jaxtextgan.config import gpt2_model_config as model_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -6,15 +6,7 @@ A preset replaces the model block: --config=configs/lm.py:gpt2_24l (see jaxtextg
 
 import ml_collections
 
-from jaxtextgan.models.gpt2 import GPT2Config
-
-
-def model_config(**overrides) -> ml_collections.ConfigDict:
-  """Every GPT2Config field, so each can be overridden as --config.model.<field>=value."""
-  import dataclasses
-  fields = {f.name: f.default for f in dataclasses.fields(GPT2Config)}
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
+from jaxtextgan.config import gpt2_model_config as model_config
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:

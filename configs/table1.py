@@ -8,18 +8,9 @@ D_real + LM samples, D_real + GAN samples). Writes `output` (results/table1.md) 
 time. Every stage resumes from its checkpoints; sized for about 40 minutes on a 2-core CPU.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _sibling(name: str):
-  spec = importlib.util.spec_from_file_location(f"_jaxtextgan_{name}_config",
-                                                pathlib.Path(__file__).with_name(f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from jaxtextgan.config import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -46,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict(dict(num=8, length=24, temperature=1.0, top_k=0, top_p=1.0, seed=0))
 
   # The augmentation stage: configs/augment.py's GAN, ratio, temperature and fine-tuning (data etc. set from here).
-  aug = _sibling("augment").get_config()
+  aug = sibling_config(__file__, "augment")
   c.gan = aug.gan
   c.gan.gan.update(dict(steps=80, batch_size=8, log_every=20, checkpoint_every=40, d_warmup_steps=0))
   # results/table1.md was made with configs/gan.py's earlier D and learning rates (before the CNN D and its warm-up

@@ -31,6 +31,29 @@ def load_config(spec: str | pathlib.Path, overrides: Mapping[str, Any] | None = 
   return config
 
 
+def gpt2_model_config(**overrides) -> ml_collections.ConfigDict:
+  """Every GPT2Config field (its default, or `overrides`), so each can be set as --config.model.<field>=value."""
+  import dataclasses
+  from jaxtextgan.models.gpt2 import GPT2Config
+  fields = {f.name: f.default for f in dataclasses.fields(GPT2Config)}
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def optimizer_config(lr, warmup=0, schedule="cosine", weight_decay=0.0, clip=0.25, name="adamw",
+                     end_lr_fraction=0.1) -> ml_collections.ConfigDict:
+  """AdamW (b1 0.9, b2 0.98; or name='sgd') with warmup, then cosine decay to `end_lr_fraction` or a constant rate,
+  and global-norm clipping at `clip`."""
+  return ml_collections.ConfigDict(dict(name=name, lr=lr, warmup_steps=warmup, end_lr_fraction=end_lr_fraction,
+                                        schedule=schedule, b1=0.9, b2=0.98, eps=1e-8, weight_decay=weight_decay,
+                                        grad_clip_norm=clip))
+
+
+def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+  """get_config() of configs/`name`.py beside `config_file` (a config's __file__), wherever it is loaded from."""
+  return load_config(pathlib.Path(config_file).with_name(f"{name}.py"))
+
+
 def resolve(config: ml_collections.ConfigDict, dotted: str):
   """(parent node, last key) of an existing dotted key, else an InputError naming the closest existing key."""
   node, walked = config, []

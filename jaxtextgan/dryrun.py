@@ -262,7 +262,7 @@ def ganbert_dry_run(config) -> dict[str, dict]:
   for method in methods:
     cfg = task.model_config(config.model, k, method)
     prog = ganbert.program(bert_cfg, cfg, opt, g_opt if method == "ganbert" else None, mesh,
-                           compiler_options=task.FAST_COMPILE if config.train.fast_compile else None)
+                           compiler_options=training.FAST_COMPILE if config.train.fast_compile else None)
     abstract, _ = training.abstract_state(prog.make_state, jax.random.key(0), mesh)
     params = (abstract.d.params, abstract.g.params if abstract.g is not None else None)
     for name in ("d_step", "g_step", "sup_step"):

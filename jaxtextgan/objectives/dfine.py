@@ -40,6 +40,7 @@ from jaxtextgan import losses, training
 from jaxtextgan import sharding as shd
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
+from jaxtextgan.objectives import lm
 
 Array = jax.Array
 
@@ -193,15 +194,7 @@ def make_state_fn(model_cfg: gpt2.GPT2Config, opt_cfg):
 
 @functools.lru_cache(maxsize=32)
 def _make_state_fn(model_cfg: gpt2.GPT2Config, opt_json: str):
-  tx = make_tx(json.loads(opt_json))
-
-  def make_state(rng):
-    model = gpt2.GPT2(model_cfg, rngs=nnx.Rngs(params=rng))
-    graphdef, params = nnx.split(model, nnx.Param)
-    return training.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                               graphdef=graphdef, tx=tx)
-
-  return make_state
+  return lm.state_fn_with_tx(model_cfg, make_tx(json.loads(opt_json)))
 
 
 @functools.lru_cache(maxsize=32)

@@ -255,9 +255,7 @@ def make_steps(cfg: GANConfig, latent_dim: int, mesh: Mesh | None = None):
   return d_step, g_step, train_step
 
 
-# XLA's CPU backend at optimisation level 0 compiles the decode-in-scan step several times faster (and runs it
-# about 2x slower): the right trade for tiny models, where compilation dominates (tests, smoke runs).
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+FAST_COMPILE = training.FAST_COMPILE  # the decode-in-scan GAN step is the slowest to compile
 
 
 def jit_train_step(train_step, mesh: Mesh, state_shardings, *, donate: bool = True,

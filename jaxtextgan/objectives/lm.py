@@ -13,6 +13,11 @@ from jaxtextgan.models import gpt2
 def make_state_fn(model_cfg: gpt2.GPT2Config, opt_cfg):
   """A pure `rng -> TrainState` initialiser (for `jax.eval_shape` and sharded init)."""
   tx, _ = training.make_optimizer(opt_cfg)
+  return state_fn_with_tx(model_cfg, tx)
+
+
+def state_fn_with_tx(model_cfg: gpt2.GPT2Config, tx):
+  """`make_state_fn` for an optax transformation built elsewhere (e.g. dfine's AdamW-or-SGD)."""
 
   def make_state(rng):
     model = gpt2.GPT2(model_cfg, rngs=nnx.Rngs(params=rng))

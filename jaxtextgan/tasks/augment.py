@@ -238,13 +238,9 @@ def run(config, workdir) -> dict:
   t0 = time.perf_counter()
   r = common.start(config, workdir)
   check_options(config)
-  results_path = r.workdir / "results.json"
-  if results_path.exists():
-    previous = json.loads(results_path.read_text())
-    if previous.get("finished") and previous.get("steps") == config.augment.steps:
-      print(f"{r.workdir} holds a finished run; its results:", flush=True)
-      print(summary(previous), flush=True)
-      return previous
+  previous = common.finished_results(r, "steps", config.augment.steps, summary)
+  if previous is not None:
+    return previous
 
   # 1. The base LM.
   base_dir = pathlib.Path(config.lm_workdir).expanduser() if config.lm_workdir else r.workdir / "base"
@@ -308,7 +304,7 @@ def run(config, workdir) -> dict:
              "results_md": str(r.workdir / "results.md"), "wall_seconds": time.perf_counter() - t0}
   if jax.process_index() == 0:
     (r.workdir / "results.md").write_text(table(results) + "\n", encoding="utf-8")
-  common.write_json(results_path, results)
+  common.write_json(r.workdir / "results.json", results)
   r.writer.close()
   print(summary(results), flush=True)
   return results

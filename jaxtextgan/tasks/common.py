@@ -97,6 +97,20 @@ def check_same_model(meta: dict, model_cfg: gpt2.GPT2Config, workdir: pathlib.Pa
                      "use a new --workdir or the config it was trained with")
 
 
+def finished_results(run: Run, steps_key: str, steps: int, summary) -> dict | None:
+  """The workdir's results.json when it records a finished run of `steps` (under `steps_key`), printed with
+  `summary`; None when the run still has work to do."""
+  path = run.workdir / "results.json"
+  if not path.exists():
+    return None
+  previous = json.loads(path.read_text())
+  if not (previous.get("finished") and previous.get(steps_key) == steps):
+    return None
+  print(f"{run.workdir} holds a finished run; its results:", flush=True)
+  print(summary(previous), flush=True)
+  return previous
+
+
 def write_json(path: pathlib.Path, obj) -> None:
   if jax.process_index() == 0:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

@@ -481,13 +481,9 @@ def run(config, workdir) -> dict:
   r = common.start(cfg, workdir)
   check_options(cfg, r.mesh)
   gan_config(cfg)  # fails fast on bad GAN options (e.g. zero tau) before any data is read
-  results_path = r.workdir / "results.json"
-  if results_path.exists():
-    previous = json.loads(results_path.read_text())
-    if previous.get("finished") and previous.get("gan_steps") == cfg.gan.steps:
-      print(f"{r.workdir} holds a finished run; its results:", flush=True)
-      print(summary(previous), flush=True)
-      return previous
+  previous = common.finished_results(r, "gan_steps", cfg.gan.steps, summary)
+  if previous is not None:
+    return previous
   data = load_data(r.workdir, cfg)
 
   # Phase 1: G's language model.
@@ -574,6 +570,6 @@ def run(config, workdir) -> dict:
     "samples": str(r.workdir / "samples.txt"), "curves": str(r.workdir / "gan_curves.png"),
     "wall_seconds": time.perf_counter() - t0,
   }
-  common.write_json(results_path, results)
+  common.write_json(r.workdir / "results.json", results)
   print(summary(results), flush=True)
   return results

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 
-from jaxtextgan import checkpoint, loop, writers
+from jaxtextgan import checkpoint, loop, training, writers
 from jaxtextgan import sharding as shd
 from jaxtextgan.data import classification as cls_data
 from jaxtextgan.errors import InputError
@@ -45,8 +45,6 @@ from jaxtextgan.tasks import common
 SOURCES = ("trec", "bbc", "files")
 ASSETS = "classifier_assets"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-# XLA's LLVM optimisation off: about half the CPU compile time, for small models where compiling dominates.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 # --------------------------------------------------------------------------------------------------------- data
@@ -274,7 +272,7 @@ def train_and_evaluate(config, data: cls_data.ClassificationData, encoder: Encod
   opt = optimizer_config(config.optimizer, p.steps)
   g_opt = dict(opt, lr=config.optimizer.g_lr or opt["lr"])
   prog = ganbert.program(encoder.config, cfg, opt, g_opt if method == "ganbert" else None, mesh,
-                         compiler_options=FAST_COMPILE if config.train.fast_compile else None)
+                         compiler_options=training.FAST_COMPILE if config.train.fast_compile else None)
   state, steps = prog.init(jax.random.key(seed), encoder.params), prog.steps
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = None
