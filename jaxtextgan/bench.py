@@ -18,6 +18,10 @@ Reported per worker: median step time, tokens/s, compile time (lower + compile; 
 first step, peak RSS (`ru_maxrss`, whole process: imports, init, compile and steps), FLOPs per step with their
 source, achieved GFLOP/s and the fraction of the matmul peak; and ours / peer ratios for the LM.
 
+Variants. `--variants=unrolled,scan` builds our GPT-2 models with unrolled layers (the default: faster steps on
+XLA:CPU) and adds a second LM worker, 'jaxtextgan:lm@scan', with layers under `lax.scan` (faster compiles), to the
+same rounds; the ratios use the first variant listed.
+
 FLOPs. The LM (ours and the peers, identical models) uses 6N + 12*L*d*T per token (`dryrun.lm_flops_per_token`).
 The other objectives use the matmul FLOPs of the step's jaxpr, with every `lax.scan` body multiplied by its length
 (XLA's `cost_analysis()`, also reported, counts a scanned body once, so it undercounts scanned models).
@@ -40,6 +44,7 @@ from typing import Any
 OBJECTIVES = ("lm", "gan", "ganbert", "dfine")
 PEERS = ("torch", "flax")
 SIZES = ("tiny", "gpt2_small", "gpt2_24l")
+VARIANTS = ("unrolled", "scan")
 
 # GAN-BERT's encoder at each size: BERT widths matching the GPT-2 preset of the same name.
 BERT_SIZES = {
@@ -59,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per worker after compiling")
   p.add_argument("--peers", default="torch,flax", help="comma list of torch, flax; empty for none")
   p.add_argument("--objectives", default="lm", help="comma list of lm, gan, ganbert, dfine")
+  p.add_argument("--variants", default="unrolled",
+                 help="comma list of our GPT-2 layer layouts, unrolled and scan (models/gpt2.py scan_layers): "
+                      "the first is used for every objective and the ratios; each further one adds an LM worker "
+                      "'jaxtextgan:lm@LAYOUT' to the same rounds")
   p.add_argument("--vocab", type=int, default=0, help="vocabulary size; 0 = the preset's (GPT-2's 50257)")
   p.add_argument("--dropout", type=float, default=0.1, help="GPT-2's default; the same in every framework")
   p.add_argument("--lr", type=float, default=1e-4)
@@ -67,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--peak_n", type=int, default=4096, help="side of the fp32 matmul that measures the peak")
   p.add_argument("--threads", type=int, default=0, help="PyTorch threads; 0 = the cores this process may use")
   p.add_argument("--json", default="", help="write the report here")
-  p.add_argument("--profile", default="", help="directory: trace one extra step of each JAX worker here")
+  p.add_argument("--profile", default="", help="directory: trace one extra step of each JAX worker (ours, HF Flax) here")
   p.add_argument("--gan_len", type=int, default=32,
                  help="tokens G generates per sample in the GAN step (configs/gan.py uses 20)")
   p.add_argument("--sequential", action="store_true",
@@ -80,6 +89,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   args = p.parse_args(argv)
   args.peer_list = [x for x in args.peers.split(",") if x]
   args.objective_list = [x for x in args.objectives.split(",") if x]
+  args.variant_list = [x for x in args.variants.split(",") if x]
+  if not args.variant_list or any(x not in VARIANTS for x in args.variant_list):
+    p.error(f"--variants: {args.variants!r}; use a comma list of {', '.join(VARIANTS)}")
+  # A worker named 'jaxtextgan:lm@scan' builds that variant; every other worker the first one listed.
+  args.variant = args.worker.partition("@")[2] or args.variant_list[0]
   for x in args.peer_list:
     if x not in PEERS:
       p.error(f"--peers: {x!r} is unknown; use a comma list of {', '.join(PEERS)}")
@@ -159,7 +173,7 @@ def _gpt2_cfg(args):
   from jaxtextgan.models import gpt2
   base = gpt2.preset(args.size)
   return gpt2.preset(args.size, dropout=args.dropout, max_len=max(base.max_len, args.seq),
-                     vocab_size=args.vocab or base.vocab_size)
+                     vocab_size=args.vocab or base.vocab_size, scan_layers=args.variant == "scan")
 
 
 class JaxWorker:
@@ -508,7 +522,8 @@ def worker_main(args) -> int:
     cmd = req["cmd"]
     try:
       if cmd == "setup":
-        worker = WORKERS[args.worker](args)
+        worker = WORKERS[args.worker.partition("@")[0]](args)
+        worker.name = args.worker
         worker.setup()
         t0 = time.perf_counter()
         worker.step()
@@ -606,7 +621,7 @@ def _peer_unavailable(peer: str) -> str | None:
 
 
 def _forward_argv(args) -> list[str]:
-  keep = ("size", "batch", "seq", "gan_len", "warmup", "vocab", "dropout", "lr", "weight_decay", "grad_clip",
+  keep = ("size", "batch", "seq", "variants", "gan_len", "warmup", "vocab", "dropout", "lr", "weight_decay", "grad_clip",
           "peak_n", "threads")
   return [f"--{k}={getattr(args, k)}" for k in keep]
 
@@ -614,7 +629,7 @@ def _forward_argv(args) -> list[str]:
 def run(args) -> dict:
   """Runs every phase and returns the report (see the module docstring for the protocol)."""
   report: dict[str, Any] = {
-    "config": {k: getattr(args, k) for k in ("size", "batch", "seq", "gan_len", "steps", "warmup", "vocab",
+    "config": {k: getattr(args, k) for k in ("size", "batch", "seq", "variants", "gan_len", "steps", "warmup", "vocab",
                                              "dropout", "lr", "weight_decay", "grad_clip", "peak_n",
                                              "sequential")},
     "machine": {"cores": cores(), "loadavg_start": list(os.getloadavg()), "python": sys.version.split()[0],
@@ -631,7 +646,8 @@ def run(args) -> dict:
       results[f"{peer}:lm"] = {"status": "unavailable", "reason": reason}
   phases = []
   if "lm" in args.objective_list or args.peer_list:
-    lm_phase = (["jaxtextgan:lm"] if "lm" in args.objective_list else [])
+    lm_phase = (["jaxtextgan:lm"] + [f"jaxtextgan:lm@{x}" for x in args.variant_list[1:]]
+                if "lm" in args.objective_list else [])
     lm_phase += [f"{p}:lm" for p in args.peer_list if f"{p}:lm" not in results]
     phases.append(lm_phase)
   # Each other objective runs in its own phase (with the peak worker): they are not compared with each other, and
@@ -667,7 +683,7 @@ def run(args) -> dict:
         for name in phase:
           if name not in live:
             continue
-          if args.profile and name.startswith("jaxtextgan:"):
+          if args.profile and name.split(":")[0] in ("jaxtextgan", "flax"):
             out = live[name].ask(cmd="profile", dir=os.path.abspath(args.profile))
             if out.get("ok"):
               results[name]["profile"] = out["profile"]

@@ -1,7 +1,7 @@
 """Orbax checkpoints of a training-state pytree plus JSON metadata (data position, config, tokenizer).
 
 A checkpoint that fails to restore is never deleted: it is moved to `<dir>/../corrupt_checkpoints/<step>` with a
-warning, and the previous one is used.
+warning, and the previous one is used. A readable checkpoint of another model layout is left in place, with an error.
 """
 
 from __future__ import annotations
@@ -63,8 +63,13 @@ class Checkpointer:
     self._manager.close()
 
   def restore(self, step: int, target_state):
-    """(state, meta) at `step`; `target_state` supplies structure, shapes and shardings (e.g. the initial state)."""
+    """(state, meta) at `step`; `target_state` supplies structure, shapes and shardings (e.g. the initial state).
+
+    Raises InputError, before reading any array, when the checkpoint holds other arrays than the target (another
+    model layout, such as `model.scan_layers` flipped): that checkpoint is intact, only this run cannot use it.
+    """
     target = jax.tree.map(_abstract, _arrays(target_state))
+    self._check_layout(step, target)
     restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                    meta=ocp.args.JsonRestore()))
     arrays, meta = restored["state"], restored["meta"]
@@ -81,12 +86,28 @@ class Checkpointer:
       try:
         state, meta = self.restore(step, target_state)
         return state, meta, step
+      except InputError:
+        raise  # a readable checkpoint of another layout: never set aside
       except Exception as err:  # any failure to read means this checkpoint is unusable
         kept = self._set_aside(step)
         warnings.warn(f"checkpoint {self.directory / str(step)} could not be restored "
                       f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); it was moved to "
                       f"{kept} and the previous checkpoint is used", stacklevel=2)
     return None
+
+  def _check_layout(self, step: int, target) -> None:
+    try:
+      saved = self._manager.item_metadata(step)["state"]
+    except Exception:  # noqa: BLE001 - unreadable metadata: the restore itself reports (and sets aside) it
+      return
+    saved_paths, target_paths = _leaf_paths(saved), _leaf_paths(target)
+    if not saved_paths or saved_paths == target_paths:
+      return
+    missing, extra = sorted(target_paths - saved_paths), sorted(saved_paths - target_paths)
+    example = f"it lacks {missing[0]}" if missing else f"it has {extra[0]}, which this run does not"
+    raise InputError(f"checkpoint {self.directory / str(step)} was saved with another model layout ({example}; "
+                     f"{len(missing)} arrays missing, {len(extra)} unknown): resume with the model settings it was "
+                     f"saved with (e.g. model.scan_layers), or use a new workdir; the checkpoint is left as it is")
 
   def _set_aside(self, step: int) -> pathlib.Path:
     src = self.directory / str(step)
@@ -102,6 +123,17 @@ class Checkpointer:
     self._manager.close()
     self._manager = self._open()
     return dest
+
+
+def _leaf_paths(tree) -> set[str]:
+  """'/'-joined key paths of a pytree's leaves (dict keys, attribute names and indices alike, ints as text)."""
+  def name(key):
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
+  return {"/".join(name(k) for k in path) for path, leaf in leaves if leaf is not None}
 
 
 def _abstract(x):

@@ -1,4 +1,4 @@
-"""Checkpoint round trip, keep-N, metadata, and the corrupt-latest fallback that never deletes."""
+"""Checkpoint round trip, keep-N, metadata, the corrupt-latest fallback that never deletes, and layout mismatch."""
 
 import pathlib
 
@@ -16,8 +16,8 @@ from jaxtextgan.objectives import lm
 OPT = ml_collections.ConfigDict(dict(lr=1e-3, total_steps=10, warmup_steps=0, grad_clip_norm=1.0, weight_decay=0.0))
 
 
-def make_state(seed, mesh_shape=(1, 1, 1)):
-  cfg = gpt2.preset("tiny", vocab_size=32)
+def make_state(seed, mesh_shape=(1, 1, 1), **model):
+  cfg = gpt2.preset("tiny", vocab_size=32, **model)
   mesh = shd.make_mesh(mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])
   return lm.init_state(cfg, OPT, jax.random.key(seed), mesh)[0]
 
@@ -84,3 +84,16 @@ def test_read_meta_errors(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(InputError, match="no checkpoint"):
     checkpoint.read_meta(pathlib.Path(tmp_path / "empty"))
+
+
+def test_another_layout_is_a_clear_error_and_the_checkpoint_stays(tmp_path):
+  """Resuming an unrolled-layer run from a scanned checkpoint must not mistake it for corruption."""
+  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+  ckpt.save(4, make_state(0))
+  ckpt.wait()
+  with pytest.raises(InputError, match=r"another model layout .*blocks/0/.*scan_layers") as err:
+    ckpt.restore_latest(make_state(1, scan_layers=False))
+  assert "\n" not in str(err.value)
+  assert ckpt.steps == [4] and not (tmp_path / "corrupt_checkpoints").exists()
+  restored, _, step = ckpt.restore_latest(make_state(1))
+  assert step == 4

@@ -1,4 +1,4 @@
-"""GPT-2 model: shapes, causality, KV cache, soft inputs, Gopher options, bf16, remat."""
+"""GPT-2 model: shapes, causality, KV cache, soft inputs, Gopher options, bf16, remat, scanned/unrolled layers."""
 
 import itertools
 
@@ -138,3 +138,63 @@ def test_output_bias_shifts_logits():
   model.out_bias.set_value(model.out_bias.get_value().at[5].set(-30.0))
   after = model(ids)
   np.testing.assert_allclose(np.asarray(after[..., 5]), np.asarray(before[..., 5]) - 30.0, atol=1e-4)
+
+
+def _pure(state):
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+
+
+@pytest.mark.parametrize("extra", [{}, dict(norm="rmsnorm", position="relative", remat=True)])
+def test_unrolled_layers_compute_the_scanned_function(extra):
+  """Same params (converted), same dropout key: same logits, gradients and KV cache in both layouts."""
+  cfg = tiny(dropout=0.2, **extra)
+  g_scan, p_scan = nnx.split(gpt2.GPT2(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  g_unroll, p_unroll = nnx.split(gpt2.GPT2(cfg.replace(scan_layers=False), rngs=nnx.Rngs(1)), nnx.Param)
+  assert sorted(nnx.to_pure_dict(p_unroll)["blocks"]) == [0, 1]  # one tree per block
+  nnx.replace_by_pure_dict(p_unroll, gpt2.unstack_layers(nnx.to_pure_dict(p_scan), cfg.n_layer))
+  ids = jax.random.randint(jax.random.key(2), (3, 10), 0, 37)
+
+  def loss(params, graphdef):
+    logits = nnx.merge(graphdef, params)(ids, dropout_key=jax.random.key(5))
+    return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+
+  l_scan, d_scan = jax.jit(jax.value_and_grad(loss), static_argnums=1)(p_scan, g_scan)
+  l_unroll, d_unroll = jax.jit(jax.value_and_grad(loss), static_argnums=1)(p_unroll, g_unroll)
+  np.testing.assert_allclose(float(l_unroll), float(l_scan), rtol=1e-6)
+  restacked = gpt2.stack_layers(_pure(d_unroll), cfg.n_layer)
+  for a, b in zip(jax.tree.leaves(restacked), jax.tree.leaves(_pure(d_scan)), strict=True):
+    np.testing.assert_allclose(np.asarray(a), b, atol=1e-6)
+  m_scan, m_unroll = nnx.merge(g_scan, p_scan), nnx.merge(g_unroll, p_unroll)
+  (out_s, cache_s), (out_u, cache_u) = (m(ids[:, :4], cache=m.init_cache(3, 8)) for m in (m_scan, m_unroll))
+  np.testing.assert_allclose(np.asarray(out_u), np.asarray(out_s), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(cache_u["v"]), np.asarray(cache_s["v"]), atol=1e-6)
+
+
+def test_layer_layout_converters_round_trip_and_reject_the_wrong_layout():
+  cfg = tiny()
+  scanned = _pure(nnx.state(gpt2.GPT2(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+  unrolled = gpt2.unstack_layers(scanned, cfg.n_layer)
+  assert sorted(unrolled["blocks"]) == [0, 1]
+  assert unrolled["blocks"][1]["mlp"]["fc"]["kernel"].shape == (32, 64)
+  back = gpt2.stack_layers(unrolled, cfg.n_layer)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(scanned), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  with pytest.raises(ValueError, match="not in the unrolled layout"):
+    gpt2.stack_layers(scanned, cfg.n_layer)
+  with pytest.raises(ValueError, match="not in the scanned layout"):
+    gpt2.unstack_layers(unrolled, cfg.n_layer)
+  with pytest.raises(ValueError, match="expected 0..2"):
+    gpt2.stack_layers(unrolled, 3)
+
+
+def test_unrolled_backward_keeps_one_fusion_boundary_per_layer():
+  """On XLA:CPU the residual gradient must pass a real boundary per layer (a `conditional` in the optimized HLO);
+  if XLA folded it, the backward would recompute every later layer per layer (results/perf.md)."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the conditional boundary is the CPU backend's; other backends use an optimization barrier")
+  cfg = tiny(n_layer=3, scan_layers=False)
+  graphdef, params = nnx.split(gpt2.GPT2(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  ids = jnp.zeros((2, 8), jnp.int32)
+  grad = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p)(ids).mean()))
+  hlo = grad.lower(params).compile().as_text()
+  assert hlo.count("conditional(") == 3

@@ -25,14 +25,15 @@ def hf_dir(tmp_path_factory):
   return path, model
 
 
-def test_logits_match_transformers(hf_dir):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_logits_match_transformers(hf_dir, scan_layers):
   path, torch_model = hf_dir
   ids = np.random.RandomState(0).randint(0, 97, size=(2, 17))
   with torch.no_grad():
     expected = torch_model(torch.tensor(ids)).logits.numpy()
-  model, cfg = hf_gpt2.load_gpt2(path, dropout=0.0)
+  model, cfg = hf_gpt2.load_gpt2(path, dropout=0.0, scan_layers=scan_layers)
   got = np.asarray(model(ids))
-  assert cfg.n_layer == 3 and cfg.d_ff == 4 * 48
+  assert cfg.n_layer == 3 and cfg.d_ff == 4 * 48 and cfg.scan_layers == scan_layers
   assert got.shape == expected.shape
   assert np.max(np.abs(got - expected)) <= 1e-4
 

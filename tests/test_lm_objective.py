@@ -85,14 +85,16 @@ def _two_steps(cfg, shape):
 _SINGLE = {}
 
 
-@pytest.mark.parametrize("position,mesh_shape", [("learned", (8, 1, 1)), ("learned", (2, 2, 2)),
-                                                 ("learned", (1, 1, 8)), ("relative", (1, 2, 4))])
-def test_sharded_step_equals_single_device(position, mesh_shape):
+@pytest.mark.parametrize("position,scan_layers,mesh_shape", [
+  ("learned", True, (8, 1, 1)), ("learned", True, (2, 2, 2)), ("learned", True, (1, 1, 8)),
+  ("relative", True, (1, 2, 4)), ("learned", False, (2, 2, 2))])
+def test_sharded_step_equals_single_device(position, scan_layers, mesh_shape):
   cfg = gpt2.GPT2Config(vocab_size=64, max_len=32, n_layer=2, d_model=32, n_head=4, d_ff=64, dropout=0.1,
-                        position=position)
-  if position not in _SINGLE:
-    _SINGLE[position] = _two_steps(cfg, (1, 1, 1))
-  (loss_1, params_1), (loss_n, params_n) = _SINGLE[position], _two_steps(cfg, mesh_shape)
+                        position=position, scan_layers=scan_layers)
+  key = (position, scan_layers)
+  if key not in _SINGLE:
+    _SINGLE[key] = _two_steps(cfg, (1, 1, 1))
+  (loss_1, params_1), (loss_n, params_n) = _SINGLE[key], _two_steps(cfg, mesh_shape)
   assert abs(loss_1 - loss_n) < 1e-5
   for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_n)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
@@ -104,8 +106,12 @@ def test_params_are_actually_sharded_on_2x2x2():
   state, _ = lm.init_state(cfg, opt_cfg(), jax.random.key(0), mesh)
   fc = state.params["blocks"]["mlp"]["fc"]["kernel"].get_value()
   assert fc.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
-  q = state.params["blocks"]["attn"]["query"]["kernel"].get_value()
-  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  qkv = state.params["blocks"]["attn"]["qkv"]["kernel"].get_value()
+  assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, "tensor", None)
   # AdamW moments follow their parameters (FSDP shards optimizer state too).
   mu = state.opt_state[1][0].mu["blocks"]["mlp"]["fc"]["kernel"].get_value()
   assert mu.sharding.spec == fc.sharding.spec
+  # Unrolled blocks have no layer axis; each block's kernels take the same rules.
+  unrolled, _ = lm.init_state(cfg.replace(scan_layers=False), opt_cfg(), jax.random.key(0), mesh)
+  fc1 = unrolled.params["blocks"][1]["mlp"]["fc"]["kernel"].get_value()
+  assert fc1.shape == (32, 64) and fc1.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")

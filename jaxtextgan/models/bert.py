@@ -172,13 +172,7 @@ class BertEncoder(nnx.Module):
     dtype, pdtype = _as_dtype(cfg.dtype), _as_dtype(cfg.param_dtype)
     self.embeddings = Embeddings(cfg, rngs=rngs)
 
-    @nnx.split_rngs(splits=cfg.num_hidden_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0,
-              transform_metadata={nnx.PARTITION_NAME: "layers", "logical_axes": "layers"})
-    def make_layers(rngs):
-      return Layer(cfg, rngs=rngs)
-
-    self.layers = make_layers(rngs)
+    self.layers = layers.stacked(lambda r: Layer(cfg, rngs=r), cfg.num_hidden_layers, rngs)
     # The pooler's output dim gets no logical name: naming both dims 'embed' would map one mesh axis twice.
     self.pooler = (layers.Dense(cfg.hidden_size, cfg.hidden_size, in_axes="embed", out_axes=None, dtype=dtype,
                                 param_dtype=pdtype, rngs=rngs) if cfg.pooler else None)

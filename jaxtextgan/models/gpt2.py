@@ -1,7 +1,10 @@
 """GPT-2 decoder (Radford et al. 2019) with the Gopher options (Rae et al. 2021): RMSNorm and relative positions.
 
-The blocks are stacked on a leading 'layers' axis and run with `lax.scan`, so compile time does not grow with depth
-and `remat` applies one checkpoint policy to every layer. Inputs are token ids (B, T) or soft one-hot
+By default (`scan_layers=True`) the blocks are stacked on a leading 'layers' axis and run with `lax.scan`, so
+compile time does not grow with depth and `remat` applies one checkpoint policy to every layer. With
+`scan_layers=False` every block owns its parameters (`blocks/0`, `blocks/1`, ...) and the layers are unrolled:
+slower to compile, but faster per step on XLA:CPU, where a scanned body copies its weight slices and zero-fills
+the stacked gradients (results/perf.md). `stack_layers` / `unstack_layers` convert params between the two. Inputs are token ids (B, T) or soft one-hot
 probabilities (B, T, V), embedded as probs @ E so that a Gumbel-Softmax generator can be differentiated through
 (GAN seed, eq. 6). A KV cache of fixed length lets sampling run inside `lax.scan`.
 """
@@ -32,7 +35,8 @@ def as_dtype(name_or_dtype) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class GPT2Config:
-  """Model hyper-parameters; `norm` in {layernorm, rmsnorm}, `position` in {learned, relative}."""
+  """Model hyper-parameters; `norm` in {layernorm, rmsnorm}, `position` in {learned, relative}; `scan_layers`: see
+  the module docstring."""
   vocab_size: int = 50257
   max_len: int = 1024
   n_layer: int = 12
@@ -48,6 +52,7 @@ class GPT2Config:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  scan_layers: bool = True
 
   def __post_init__(self):
     if self.d_model % self.n_head:
@@ -96,9 +101,9 @@ class Attention(nnx.Module):
     h, dh, d = cfg.n_head, cfg.head_dim, cfg.d_model
     dense = lambda i, o, ia, oa, **kw: layers.Dense(i, o, in_axes=ia, out_axes=oa, dtype=dtype, param_dtype=pdtype,
                                                     rngs=rngs, **kw)
-    self.query = dense(d, (h, dh), "embed", ("heads", "head_dim"))
-    self.key = dense(d, (h, dh), "embed", ("heads", "head_dim"))
-    self.value = dense(d, (h, dh), "embed", ("heads", "head_dim"))
+    # q, k and v as one (D, 3, H, K) kernel: one GEMM three times as wide runs nearer the matmul peak than three,
+    # and nothing is stacked or split per step (HF's c_attn packs them the same way).
+    self.qkv = dense(d, (3, h, dh), "embed", (None, "heads", "head_dim"))
     self.out = dense((h, dh), d, ("heads", "head_dim"), "embed",
                      kernel_init=nnx.initializers.normal(layers.init_scale_for_residual(cfg.n_layer)))
     self.relative = cfg.position == "relative"
@@ -111,18 +116,10 @@ class Attention(nnx.Module):
     self.dropout = cfg.dropout
     self.dtype = dtype
 
-  def _qkv(self, x_BTD: Array) -> tuple[Array, Array, Array]:
-    """q, k, v = x Wq + bq, x Wk + bk, x Wv + bv as one (D, 3, H, K) matmul: a 3x wider GEMM runs nearer the
-    CPU's matmul peak than three narrow ones, forward and backward (the kernels stay separate parameters)."""
-    dense = (self.query, self.key, self.value)
-    kernel = jnp.stack([d.kernel[...] for d in dense], axis=1).astype(self.dtype)
-    y = jax.lax.dot_general(x_BTD.astype(self.dtype), kernel, (((2,), (0,)), ((), ())))
-    y = y + jnp.stack([d.bias[...] for d in dense]).astype(self.dtype)
-    return y[:, :, 0], y[:, :, 1], y[:, :, 2]
-
   def __call__(self, x_BTD: Array, q_pos_T: Array, k_pos_S: Array, *, cache: dict | None, cache_index,
                dropout_key: Array | None):
-    q_BTHK, k_BTHK, v_BTHK = self._qkv(x_BTD)
+    qkv_BT3HK = self.qkv(x_BTD)
+    q_BTHK, k_BTHK, v_BTHK = qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], qkv_BT3HK[:, :, 2]
     if cache is not None:
       # Fixed-size cache: write this chunk at cache_index; positions past the written ones are masked below.
       k_BSHK = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BTHK.astype(cache["k"].dtype), cache_index, 1)
@@ -195,13 +192,10 @@ class GPT2(nnx.Module):
       self.wpe = layers.param(rngs, nnx.initializers.normal(0.01), (cfg.max_len, cfg.d_model), pdtype,
                               (None, "embed"))
 
-    @nnx.split_rngs(splits=cfg.n_layer)
-    @nnx.vmap(in_axes=(0,), out_axes=0,
-              transform_metadata={nnx.PARTITION_NAME: "layers", "logical_axes": "layers"})
-    def make_blocks(rngs):
-      return Block(cfg, rngs=rngs)
-
-    self.blocks = make_blocks(rngs)
+    if cfg.scan_layers:
+      self.blocks = layers.stacked(lambda r: Block(cfg, rngs=r), cfg.n_layer, rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
     self.norm_f = layers.make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, param_dtype=pdtype, rngs=rngs)
     if not cfg.tie_embeddings:
       self.lm_head = layers.Dense(cfg.d_model, cfg.vocab_size, in_axes="embed", out_axes="vocab", use_bias=False,
@@ -218,27 +212,45 @@ class GPT2(nnx.Module):
 
   def backbone(self, x_BTD: Array, positions_T: Array, *, cache: dict | None = None, cache_index=0,
                dropout_key: Array | None = None):
-    """Runs the stacked blocks with `lax.scan`; returns (final-normed hidden, updated cache or None)."""
+    """Runs the blocks (`lax.scan` or unrolled); returns (final-normed hidden, updated cache or None)."""
     cfg = self.cfg
     if cache is not None:
       k_pos_S = jnp.arange(cache["k"].shape[2])
     else:
       k_pos_S = positions_T
-    graphdef, block_state = nnx.split(self.blocks)
     use_dropout = dropout_key is not None
+    # The same per-layer keys in both layouts, so scanned and unrolled models compute the same function.
     layer_keys = (jax.random.split(dropout_key, cfg.n_layer) if use_dropout
                   else jnp.zeros((cfg.n_layer,), jnp.uint32))
 
-    def body(x, xs):
-      state, key, layer_cache = xs
+    def apply(graphdef, x, state, key, layer_cache):
       block = nnx.merge(graphdef, state)
-      x, layer_cache = block(x, positions_T, k_pos_S, cache=layer_cache, cache_index=cache_index,
-                             dropout_key=key if use_dropout else None)
-      return x, layer_cache
+      return block(x, positions_T, k_pos_S, cache=layer_cache, cache_index=cache_index,
+                   dropout_key=key if use_dropout else None)
 
     if cfg.remat:
-      body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
-    x_BTD, new_cache = jax.lax.scan(body, x_BTD, (block_state, layer_keys, cache))
+      apply = jax.checkpoint(apply, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False,
+                             static_argnums=(0,))
+    if cfg.scan_layers:
+      graphdef, block_state = nnx.split(self.blocks)
+
+      def body(x, xs):
+        state, key, layer_cache = xs
+        return apply(graphdef, x, state, key, layer_cache)
+
+      x_BTD, new_cache = jax.lax.scan(body, x_BTD, (block_state, layer_keys, cache))
+      return self.norm_f(x_BTD), new_cache
+    new_cache = None if cache is None else {name: [] for name in cache}
+    for i, block in enumerate(self.blocks):
+      graphdef, state = nnx.split(block)
+      layer_cache = None if cache is None else {name: c[i] for name, c in cache.items()}
+      x_BTD = _layer_boundary(x_BTD)
+      x_BTD, layer_cache = apply(graphdef, x_BTD, state, layer_keys[i], layer_cache)
+      if cache is not None:
+        for name, c in layer_cache.items():
+          new_cache[name].append(c)
+    if cache is not None:
+      new_cache = {name: jnp.stack(cs) for name, cs in new_cache.items()}
     return self.norm_f(x_BTD), new_cache
 
   def logits(self, h_BTD: Array) -> Array:
@@ -279,6 +291,62 @@ class GPT2(nnx.Module):
     shape = (cfg.n_layer, batch_size, length, cfg.n_head, cfg.head_dim)
     dtype = dtype or as_dtype(cfg.dtype)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+@jax.custom_vjp
+def _layer_boundary(x: Array) -> Array:
+  """Identity that stops XLA from fusing the residual-stream gradient across unrolled layers.
+
+  The backward residual stream dx_l = dx_{l+1} + (block l's input gradient) is a chain of elementwise adds. XLA:CPU
+  fuses that chain into each of its consumers, so every layer recomputes all later layers' norm and dropout
+  backward (O(L^2) work: 26% of a GPT-2-small step, and twice the compile time). XLA:CPU drops optimization
+  barriers before fusion, so on CPU the cotangent passes a `lax.cond` instead: a fusion boundary whose predicate
+  (the cotangent's first element equals itself) is unknown at compile time. It returns the cotangent unchanged, or
+  all NaN when its first element is already NaN (identical branches would be folded away). Other backends
+  keep their fusion heuristics behind an optimization barrier, which costs nothing and syncs nothing.
+  """
+  return x
+
+
+def _layer_boundary_fwd(x):
+  return x, None
+
+
+def _layer_boundary_bwd(_, g):
+  if jax.default_backend() != "cpu":
+    return (jax.lax.optimization_barrier(g),)
+  first = g.reshape(-1)[0]
+  return (jax.lax.cond(first == first, lambda g: g, lambda g: jnp.full_like(g, jnp.nan), g),)
+
+
+_layer_boundary.defvjp(_layer_boundary_fwd, _layer_boundary_bwd)
+
+
+def _is_layer_index(key) -> bool:
+  return isinstance(key, int) or (isinstance(key, str) and key.isdigit())
+
+
+def stack_layers(params: dict, n_layer: int) -> dict:
+  """Unrolled-layout params (`blocks/i/...`) -> scanned layout (`blocks/...` with a leading layer axis).
+
+  Both sides are pure nested dicts of arrays (`nnx.to_pure_dict(state)`; apply with `nnx.replace_by_pure_dict`).
+  """
+  if not isinstance(params.get("blocks"), dict) or not all(map(_is_layer_index, params["blocks"])):
+    raise ValueError("params are not in the unrolled layout (blocks/0, blocks/1, ...): nothing to stack")
+  per_layer = {int(i): block for i, block in params["blocks"].items()}
+  if sorted(per_layer) != list(range(n_layer)):
+    raise ValueError(f"params hold layers {sorted(per_layer)}, expected 0..{n_layer - 1}")
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[per_layer[i] for i in range(n_layer)])
+  return {**params, "blocks": stacked}
+
+
+def unstack_layers(params: dict, n_layer: int) -> dict:
+  """Scanned-layout params -> unrolled layout (`blocks/0/...`, `blocks/1/...`); inverse of `stack_layers`."""
+  blocks = params.get("blocks")
+  leaves = jax.tree.leaves(blocks)
+  if not leaves or any(x.shape[:1] != (n_layer,) for x in leaves):
+    raise ValueError(f"params are not in the scanned layout (blocks with a leading axis of {n_layer} layers)")
+  return {**params, "blocks": {i: jax.tree.map(lambda x, i=i: x[i], blocks) for i in range(n_layer)}}
 
 
 def count_params(params) -> int:

@@ -31,7 +31,8 @@ def dropout(x: Array, rate: float, key: Array | None) -> Array:
   if key is None or rate == 0.0:
     return x
   keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+  # A multiply by the constant 1 / (1 - rate): XLA does not turn a division by a non-power-of-2 into one.
+  return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
 
 
 class Dense(nnx.Module):
@@ -121,6 +122,19 @@ class Embed(nnx.Module):
   def attend(self, x_BTD: Array) -> Array:
     """Tied output projection: logits = x E^T."""
     return jnp.einsum("btd,vd->btv", x_BTD, self.embedding[...].astype(self.dtype))
+
+
+def stacked(make_layer, n_layer: int, rngs: nnx.Rngs) -> nnx.Module:
+  """`n_layer` modules `make_layer(rngs)` with their parameters stacked on a leading axis (logical name 'layers'),
+  each initialised from its own split of `rngs`: the form `lax.scan` over layers takes."""
+
+  @nnx.split_rngs(splits=n_layer)
+  @nnx.vmap(in_axes=(0,), out_axes=0,
+            transform_metadata={nnx.PARTITION_NAME: "layers", "logical_axes": "layers"})
+  def make(rngs):
+    return make_layer(rngs)
+
+  return make(rngs)
 
 
 def sinusoid_table(positions: Array, dim: int) -> Array:
