@@ -76,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--peak_n", type=int, default=4096, help="side of the fp32 matmul that measures the peak")
   p.add_argument("--threads", type=int, default=0, help="PyTorch threads; 0 = the cores this process may use")
   p.add_argument("--json", default="", help="write the report here")
-  p.add_argument("--profile", default="", help="directory: trace one extra step of each JAX worker (ours, HF Flax) here")
+  p.add_argument("--profile", default="",
+                 help="directory: trace one extra step of each JAX worker (ours, HF Flax) here")
   p.add_argument("--gan_len", type=int, default=32,
                  help="tokens G generates per sample in the GAN step (configs/gan.py uses 20)")
   p.add_argument("--sequential", action="store_true",
@@ -621,16 +622,16 @@ def _peer_unavailable(peer: str) -> str | None:
 
 
 def _forward_argv(args) -> list[str]:
-  keep = ("size", "batch", "seq", "variants", "gan_len", "warmup", "vocab", "dropout", "lr", "weight_decay", "grad_clip",
-          "peak_n", "threads")
+  keep = ("size", "batch", "seq", "variants", "gan_len", "warmup", "vocab", "dropout", "lr", "weight_decay",
+          "grad_clip", "peak_n", "threads")
   return [f"--{k}={getattr(args, k)}" for k in keep]
 
 
 def run(args) -> dict:
   """Runs every phase and returns the report (see the module docstring for the protocol)."""
   report: dict[str, Any] = {
-    "config": {k: getattr(args, k) for k in ("size", "batch", "seq", "variants", "gan_len", "steps", "warmup", "vocab",
-                                             "dropout", "lr", "weight_decay", "grad_clip", "peak_n",
+    "config": {k: getattr(args, k) for k in ("size", "batch", "seq", "variants", "gan_len", "steps", "warmup",
+                                             "vocab", "dropout", "lr", "weight_decay", "grad_clip", "peak_n",
                                              "sequential")},
     "machine": {"cores": cores(), "loadavg_start": list(os.getloadavg()), "python": sys.version.split()[0],
                 "xla_flags": os.environ.get("XLA_FLAGS", "")},

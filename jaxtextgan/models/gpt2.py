@@ -4,9 +4,11 @@ By default (`scan_layers=True`) the blocks are stacked on a leading 'layers' axi
 compile time does not grow with depth and `remat` applies one checkpoint policy to every layer. With
 `scan_layers=False` every block owns its parameters (`blocks/0`, `blocks/1`, ...) and the layers are unrolled:
 slower to compile, but faster per step on XLA:CPU, where a scanned body copies its weight slices and zero-fills
-the stacked gradients (results/perf.md). `stack_layers` / `unstack_layers` convert params between the two. Inputs are token ids (B, T) or soft one-hot
-probabilities (B, T, V), embedded as probs @ E so that a Gumbel-Softmax generator can be differentiated through
-(GAN seed, eq. 6). A KV cache of fixed length lets sampling run inside `lax.scan`.
+the stacked gradients (results/perf.md). `stack_layers` / `unstack_layers` convert params between the two.
+
+Inputs are token ids (B, T) or soft one-hot probabilities (B, T, V), embedded as probs @ E so that a Gumbel-Softmax
+generator can be differentiated through (GAN seed, eq. 6). A KV cache of fixed length lets sampling run inside
+`lax.scan`.
 """
 
 from __future__ import annotations
