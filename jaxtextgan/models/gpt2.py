@@ -105,7 +105,7 @@ class Attention(nnx.Module):
                                                     rngs=rngs, **kw)
     # q, k and v as one (D, 3, H, K) kernel: one GEMM three times as wide runs nearer the matmul peak than three,
     # and nothing is stacked or split per step (HF's c_attn packs them the same way).
-    self.qkv = dense(d, (3, h, dh), "embed", (None, "heads", "head_dim"))
+    self.qkv = dense(d, (3, h, dh), "embed", (None, "heads", "head_dim"), kernel_init=_qkv_init(rngs, (d, h, dh)))
     self.out = dense((h, dh), d, ("heads", "head_dim"), "embed",
                      kernel_init=nnx.initializers.normal(layers.init_scale_for_residual(cfg.n_layer)))
     self.relative = cfg.position == "relative"
@@ -148,6 +148,20 @@ class Attention(nnx.Module):
     probs_BHTS = layers.dropout(probs_BHTS, self.dropout, dropout_key)
     out_BTHK = jnp.einsum("bhts,bshk->bthk", probs_BHTS, v_BSHK.astype(self.dtype))
     return self.out(out_BTHK), cache
+
+
+def _qkv_init(rngs: nnx.Rngs, shape_DHK: tuple[int, int, int]):
+  """Initialiser of the (D, 3, H, K) q/k/v kernel: three normal(0.02) (D, H, K) draws from the same keys that the
+  separate query, key and value layers of earlier versions used (q kernel, q bias, k kernel, k bias, v kernel,
+  v bias), so a seed still gives the same initial model, and the recorded results their commands."""
+  early = [rngs.params() for _ in range(4)]  # the q kernel, q bias, k kernel and k bias draws
+
+  def init(v_key, shape, dtype):
+    del shape  # (D, 3, H, K)
+    draw = layers.default_kernel_init
+    return jnp.stack([draw(k, shape_DHK, dtype) for k in (early[0], early[2], v_key)], axis=1)
+
+  return init
 
 
 class MLP(nnx.Module):
