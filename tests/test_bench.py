@@ -32,14 +32,14 @@ def test_tiny_benchmark_reports_every_worker(tmp_path):
            if _installed(*mods)]
   cmd = [sys.executable, "-m", "jaxtextgan.bench", "--size=tiny", "--vocab=128", "--batch=2", "--seq=8",
          "--steps=2", "--warmup=1", "--peak_n=256", f"--peers={','.join(peers)}", "--objectives=lm",
-         "--parallel_setup",
+         "--variants=unrolled,scan", "--parallel_setup",
          f"--json={out}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())
   assert "jaxtextgan:lm" in proc.stdout and "tokens/s" in proc.stdout
   results = report["results"]
-  assert set(results) == {"peak:matmul", "jaxtextgan:lm", *(f"{p}:lm" for p in peers)}
+  assert set(results) == {"peak:matmul", "jaxtextgan:lm", "jaxtextgan:lm@scan", *(f"{p}:lm" for p in peers)}
   assert report["peak_gflops"] > 0
   for name, r in results.items():
     assert r["status"] == "ok", (name, r)
@@ -54,6 +54,9 @@ def test_tiny_benchmark_reports_every_worker(tmp_path):
   # 6N + 12*L*d*T per token; the jaxpr's matmuls are the same model minus the embedding lookups.
   assert ours["flops_per_step"] == pytest.approx(16 * (6 * ours["params"] + 12 * 2 * 32 * 8))
   assert 0.3 * ours["flops_per_step"] < ours["jaxpr_matmul_flops_per_step"] < 1.5 * ours["flops_per_step"]
+  # The scanned layout is the same model: same parameter count and analytic FLOPs.
+  assert results["jaxtextgan:lm@scan"]["params"] == ours["params"]
+  assert results["jaxtextgan:lm@scan"]["flops_per_step"] == ours["flops_per_step"]
   for p in peers:
     assert results[f"{p}:lm"]["params"] == ours["params"]
     assert set(report["ratios"][f"lm_vs_{p}"]) == {"tokens_per_second", "peak_rss", "compile_seconds"}
@@ -64,3 +67,8 @@ def test_bad_flags_are_rejected():
     bench.parse_args(["--peers=tensorflow"])
   with pytest.raises(SystemExit):
     bench.parse_args(["--objectives=rl"])
+  with pytest.raises(SystemExit):
+    bench.parse_args(["--variants=unrolled,pipelined"])
+  args = bench.parse_args(["--variants=scan,unrolled"])
+  assert args.variant_list == ["scan", "unrolled"] and args.variant == "scan"
+  assert bench.parse_args(["--variants=scan", "--worker=jaxtextgan:lm@unrolled"]).variant == "unrolled"

@@ -201,13 +201,13 @@ def test_unrolled_backward_keeps_one_fusion_boundary_per_layer():
 
 
 def test_seeded_init_is_the_one_the_recorded_results_used():
-  """The fused q/k/v kernel draws the values the separate query/key/value layers of session 2 drew for a seed (and
-  no other parameter's draw moved), so the commands beside results/ still start from the same model. Reference
-  values from commit abd806b: GPT2(preset('tiny', vocab_size=64), Rngs(params=key(3)))."""
+  """A seed gives the initial model of commit abd806b, the code behind results/. Reference values from
+  GPT2(preset('tiny', vocab_size=64), Rngs(params=key(3)))."""
   model = gpt2.GPT2(gpt2.preset("tiny", vocab_size=64), rngs=nnx.Rngs(params=jax.random.key(3)))
-  qkv = np.asarray(model.blocks.attn.qkv.kernel.get_value())[1, 5, :, 1, :3]  # layer 1, row 5, q/k/v, head 1
-  np.testing.assert_allclose(qkv, [[-0.009687427, 0.011059357, -0.010723732],
+  attn = model.blocks.attn
+  got = [np.asarray(d.kernel.get_value())[1, 5, 1, :3] for d in (attn.query, attn.key, attn.value)]
+  np.testing.assert_allclose(got, [[-0.009687427, 0.011059357, -0.010723732],  # layer 1, row 5, head 1
                                    [0.006595451, -0.014135107, -0.02147713],
                                    [0.024636043, 0.013025554, 0.03324802]], atol=1e-8)
-  fc = np.asarray(model.blocks.mlp.fc.kernel.get_value())[0, 0, :3]
-  np.testing.assert_allclose(fc, [-0.01003101, -0.044929966, -0.02894987], atol=1e-8)
+  np.testing.assert_allclose(np.asarray(model.blocks.mlp.fc.kernel.get_value())[0, 0, :3],
+                             [-0.01003101, -0.044929966, -0.02894987], atol=1e-8)

@@ -106,8 +106,8 @@ def test_params_are_actually_sharded_on_2x2x2():
   state, _ = lm.init_state(cfg, opt_cfg(), jax.random.key(0), mesh)
   fc = state.params["blocks"]["mlp"]["fc"]["kernel"].get_value()
   assert fc.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
-  qkv = state.params["blocks"]["attn"]["qkv"]["kernel"].get_value()
-  assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, "tensor", None)
+  q = state.params["blocks"]["attn"]["query"]["kernel"].get_value()
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   # AdamW moments follow their parameters (FSDP shards optimizer state too).
   mu = state.opt_state[1][0].mu["blocks"]["mlp"]["fc"]["kernel"].get_value()
   assert mu.sharding.spec == fc.sharding.spec

@@ -1,7 +1,7 @@
 """Import GPT-2 weights from a local Hugging Face directory (`config.json` + `model.safetensors`).
 
-HF's Conv1D stores weights as (in, out); `c_attn` packs q, k, v along `out`. Our kernels are (D, 3, H, K) for q/k/v
-(the same packing) and (H, K, D) for the attention output. Blocks are stacked on a leading layer axis, or one tree
+HF's Conv1D stores weights as (in, out); `c_attn` packs q, k, v along `out`. Our kernels are (D, H, K) for q/k/v and
+(H, K, D) for the attention output. Blocks are stacked on a leading layer axis, or one tree
 per block when `scan_layers=False`.
 """
 
@@ -79,8 +79,11 @@ def load_gpt2(directory: str | os.PathLike, **overrides) -> tuple[gpt2.GPT2, gpt
     ("blocks", "mlp", "proj", "kernel"): stack("h.{}.mlp.c_proj.weight"),
     ("blocks", "mlp", "proj", "bias"): stack("h.{}.mlp.c_proj.bias"),
   }
-  values[("blocks", "attn", "qkv", "kernel")] = stack("h.{}.attn.c_attn.weight", lambda a: a.reshape(d, 3, h, k))
-  values[("blocks", "attn", "qkv", "bias")] = stack("h.{}.attn.c_attn.bias", lambda a: a.reshape(3, h, k))
+  for j, name in enumerate(("query", "key", "value")):
+    values[("blocks", "attn", name, "kernel")] = stack(
+      "h.{}.attn.c_attn.weight", lambda a, j=j: a[:, j * d:(j + 1) * d].reshape(d, h, k))
+    values[("blocks", "attn", name, "bias")] = stack(
+      "h.{}.attn.c_attn.bias", lambda a, j=j: a[j * d:(j + 1) * d].reshape(h, k))
   if not cfg.tie_embeddings:
     values[("lm_head", "kernel")] = (w.get("lm_head.weight") if "lm_head.weight" in w else get("wte.weight")).T
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 Array = jax.Array
 
-default_kernel_init = nnx.initializers.normal(stddev=0.02)
+_default_kernel_init = nnx.initializers.normal(stddev=0.02)
 
 
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], dtype, axes: Sequence[str | None]) -> nnx.Param:
@@ -38,7 +38,7 @@ class Dense(nnx.Module):
   """y = x W + b over the last `len(in_shape)` dims of x; W has shape in_shape + out_shape."""
 
   def __init__(self, in_shape, out_shape, *, in_axes, out_axes, use_bias=True, dtype=jnp.float32,
-               param_dtype=jnp.float32, kernel_init=default_kernel_init, rngs: nnx.Rngs):
+               param_dtype=jnp.float32, kernel_init=_default_kernel_init, rngs: nnx.Rngs):
     self.in_shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else (in_shape,)
     self.out_shape = tuple(out_shape) if isinstance(out_shape, (tuple, list)) else (out_shape,)
     in_axes = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,)
@@ -109,7 +109,7 @@ class Embed(nnx.Module):
   def __init__(self, vocab_size: int, dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     self.dtype = dtype
-    self.embedding = param(rngs, default_kernel_init, (vocab_size, dim), param_dtype, ("vocab", "embed"))
+    self.embedding = param(rngs, _default_kernel_init, (vocab_size, dim), param_dtype, ("vocab", "embed"))
 
   def __call__(self, ids_or_probs: Array) -> Array:
     table = self.embedding[...]
