@@ -250,18 +250,14 @@ class GPT2(nnx.Module):
 
       x_BTD, new_cache = jax.lax.scan(body, x_BTD, (block_state, layer_keys, cache))
       return self.norm_f(x_BTD), new_cache
-    new_cache = None if cache is None else {name: [] for name in cache}
     for i, block in enumerate(self.blocks):
       graphdef, state = nnx.split(block)
       layer_cache = None if cache is None else {name: c[i] for name, c in cache.items()}
       x_BTD = _layer_boundary(x_BTD)
       x_BTD, layer_cache = apply(graphdef, x_BTD, state, layer_keys[i], layer_cache)
-      if cache is not None:
-        for name, c in layer_cache.items():
-          new_cache[name].append(c)
-    if cache is not None:
-      new_cache = {name: jnp.stack(cs) for name, cs in new_cache.items()}
-    return self.norm_f(x_BTD), new_cache
+      if cache is not None:  # written in place into the (L, B, S, H, K) cache: no per-step re-stacking
+        cache = {name: cache[name].at[i].set(c) for name, c in layer_cache.items()}
+    return self.norm_f(x_BTD), cache
 
   def logits(self, h_BTD: Array) -> Array:
     if self.cfg.tie_embeddings:
@@ -309,7 +305,7 @@ def _layer_boundary(x: Array) -> Array:
 
   The backward residual stream dx_l = dx_{l+1} + (block l's input gradient) is a chain of elementwise adds. XLA:CPU
   fuses that chain into each of its consumers, so every layer recomputes all later layers' norm and dropout
-  backward (O(L^2) work: 26% of a GPT-2-small step, and twice the compile time). XLA:CPU drops optimization
+  backward (O(L^2) work: 27% of a GPT-2-small step, and twice the compile time). XLA:CPU drops optimization
   barriers before fusion, so on CPU the cotangent passes a `lax.cond` instead: a fusion boundary whose predicate
   (the cotangent's first element equals itself) is unknown at compile time. It returns the cotangent unchanged, or
   all NaN when its first element is already NaN (identical branches would be folded away). Other backends
