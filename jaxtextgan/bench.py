@@ -9,7 +9,9 @@ asks every live worker in turn for one timed step (the order rotates each round:
 background load hits every worker alike; only one worker computes at any time. A worker times its own step
 (`perf_counter` around the step and a host sync), so the pipe round-trip is not counted; it also reports the CPU
 seconds of the step, whose ratio to the wall time says how many cores it really got. The machine's fp32 matmul
-peak is one more worker in the same rounds: a jitted N x N fp32 matmul (N = `--peak_n`), timed like a step.
+peak is one more worker in the same rounds: a jitted N x N fp32 matmul (N = `--peak_n`), timed like a step; with a
+bf16 worker in the run, a bf16 matmul (fp32 accumulation) gives the bf16 peak, which bf16 workers are measured
+against.
 Phases: the LM and its peers alternate together; every other objective then runs in a phase of its own (with the
 peak worker), so only one GPT-2-sized training state of ours is alive at a time. `--sequential` gives every worker
 its own phase (for models whose workers do not fit in memory together; then ours and the peer no longer
@@ -20,7 +22,10 @@ source, achieved GFLOP/s and the fraction of the matmul peak; and ours / peer ra
 
 Variants. `--variants=unrolled,scan` builds our GPT-2 models with unrolled layers (the default: faster steps on
 XLA:CPU) and adds a second LM worker, 'jaxtextgan:lm@scan', with layers under `lax.scan` (faster compiles), to the
-same rounds; the ratios use the first variant listed.
+same rounds. `bf16` is the unrolled model computing in bfloat16 (matmuls accumulate in fp32; parameters, AdamW and
+the loss stay fp32); its peer is `--peers=torch_bf16`, the PyTorch model under `torch.autocast('cpu', bfloat16)`.
+Every LM worker of ours is compared with every peer of its own precision; the other objectives use the first
+variant listed.
 
 FLOPs. The LM (ours and the peers, identical models) uses 6N + 12*L*d*T per token (`dryrun.lm_flops_per_token`).
 The other objectives use the matmul FLOPs of the step's jaxpr, with every `lax.scan` body multiplied by its length
@@ -42,9 +47,10 @@ import time
 from typing import Any
 
 OBJECTIVES = ("lm", "gan", "ganbert", "dfine")
-PEERS = ("torch", "flax")
+PEERS = ("torch", "flax", "torch_bf16")
 SIZES = ("tiny", "gpt2_small", "gpt2_24l")
-VARIANTS = ("unrolled", "scan")
+VARIANTS = ("unrolled", "scan", "bf16")
+PEAKS = ("peak:matmul", "peak:matmul_bf16")
 
 # GAN-BERT's encoder at each size: BERT widths matching the GPT-2 preset of the same name.
 BERT_SIZES = {
@@ -62,12 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seq", type=int, default=128)
   p.add_argument("--steps", type=int, default=7, help="timed rounds (one step of every worker per round)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per worker after compiling")
-  p.add_argument("--peers", default="torch,flax", help="comma list of torch, flax; empty for none")
+  p.add_argument("--peers", default="torch,flax",
+                 help="comma list of torch, flax and torch_bf16 (PyTorch under bf16 autocast); empty for none")
   p.add_argument("--objectives", default="lm", help="comma list of lm, gan, ganbert, dfine")
   p.add_argument("--variants", default="unrolled",
-                 help="comma list of our GPT-2 layer layouts, unrolled and scan (models/gpt2.py scan_layers): "
-                      "the first is used for every objective and the ratios; each further one adds an LM worker "
-                      "'jaxtextgan:lm@LAYOUT' to the same rounds")
+                 help="comma list of unrolled, scan (our GPT-2 layer layouts, models/gpt2.py scan_layers) and "
+                      "bf16 (unrolled, bfloat16 compute): the first is used for every objective; each further one "
+                      "adds an LM worker 'jaxtextgan:lm@VARIANT' to the same rounds")
   p.add_argument("--vocab", type=int, default=0, help="vocabulary size; 0 = the preset's (GPT-2's 50257)")
   p.add_argument("--dropout", type=float, default=0.1, help="GPT-2's default; the same in every framework")
   p.add_argument("--lr", type=float, default=1e-4)
@@ -174,7 +181,16 @@ def _gpt2_cfg(args):
   from jaxtextgan.models import gpt2
   base = gpt2.preset(args.size)
   return gpt2.preset(args.size, dropout=args.dropout, max_len=max(base.max_len, args.seq),
-                     vocab_size=args.vocab or base.vocab_size, scan_layers=args.variant == "scan")
+                     vocab_size=args.vocab or base.vocab_size, scan_layers=args.variant == "scan",
+                     dtype="bfloat16" if args.variant == "bf16" else "float32")
+
+
+def precision(worker: str, first_variant: str = "unrolled") -> str:
+  """'bf16' for our bf16 variant (`first_variant` is the one 'jaxtextgan:lm' builds) and the autocast PyTorch peer,
+  else 'fp32': the ratios pair workers of one precision."""
+  if worker.startswith("jaxtextgan:"):
+    return "bf16" if (worker.partition("@")[2] or first_variant) == "bf16" else "fp32"
+  return "bf16" if worker in ("torch_bf16:lm", "peak:matmul_bf16") else "fp32"
 
 
 class JaxWorker:
@@ -194,6 +210,10 @@ class JaxWorker:
 
   def compile(self, jitted, *example):
     """AOT lower + compile (timed), returning the executable; also XLA's FLOP count."""
+    import jax
+    # Initialisation is dispatched asynchronously; unfinished, it would run on the same cores as the compiler and
+    # be counted as compile time.
+    jax.block_until_ready(example)
     t0 = time.perf_counter()
     compiled = jitted.lower(*example).compile()
     self.info["compile_seconds"] = self.info.get("compile_seconds", 0.0) + time.perf_counter() - t0
@@ -212,6 +232,7 @@ class JaxWorker:
   def profile(self, directory: str) -> dict:
     import jax
     path = os.path.join(directory, self.name)
+    os.makedirs(path, exist_ok=True)  # the profiler does not create it
     with jax.profiler.trace(path):
       self.step()
     return {"trace_dir": path, **summarize_trace(path)}
@@ -368,7 +389,8 @@ def _hf_config(args, cfg):
 
 
 class TorchLM:
-  """transformers' GPT2LMHeadModel, eager PyTorch, torch.optim.AdamW with the same hyper-parameters."""
+  """transformers' GPT2LMHeadModel, eager PyTorch, torch.optim.AdamW with the same hyper-parameters; as
+  'torch_bf16:lm' the forward pass runs under bf16 autocast (fp32 parameters, optimizer and loss)."""
   name = "torch:lm"
 
   def __init__(self, args):
@@ -401,7 +423,9 @@ class TorchLM:
 
   def step(self):
     import torch
-    logits = self.model(self.inputs).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision(self.name) == "bf16"):
+      logits = self.model(self.inputs).logits
+    logits = logits.float()
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1))
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -460,16 +484,19 @@ class FlaxLM(JaxWorker):
 
 
 class MatmulPeak(JaxWorker):
-  """The machine's fp32 matmul peak: one jitted N x N x N matmul per step (2 N^3 FLOPs)."""
+  """The machine's fp32 matmul peak: one jitted N x N x N matmul per step (2 N^3 FLOPs). As 'peak:matmul_bf16',
+  the bf16 peak: bf16 operands accumulated in fp32, the form bf16 training uses."""
   name = "peak:matmul"
 
   def setup(self):
     import jax
+    import jax.numpy as jnp
     n = self.args.peak_n
-    a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jax.numpy.float32)
+    dtype = jnp.bfloat16 if self.name.endswith("_bf16") else jnp.float32
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     self.ab = (a, b)
-    self.fn = self.compile(jax.jit(lambda a, b: a @ b), a, b)
+    self.fn = self.compile(jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32)), a, b)
     self.info.update(matmul_n=n, flops_per_step=2.0 * n ** 3, flops_source="2 N^3")
 
   def step(self):
@@ -477,6 +504,8 @@ class MatmulPeak(JaxWorker):
 
 
 WORKERS = {cls.name: cls for cls in (OursLM, OursGAN, OursGanBert, OursDfine, TorchLM, FlaxLM, MatmulPeak)}
+WORKERS["torch_bf16:lm"] = TorchLM
+WORKERS["peak:matmul_bf16"] = MatmulPeak
 
 
 def _version(module: str) -> str:
@@ -614,7 +643,7 @@ def _installed(module: str) -> bool:
 def _peer_unavailable(peer: str) -> str | None:
   if not _installed("transformers"):
     return "transformers is not installed"
-  if peer == "torch" and not _installed("torch"):
+  if peer in ("torch", "torch_bf16") and not _installed("torch"):
     return "torch is not installed"
   if peer == "flax" and not (_installed("flax") and _installed("transformers.models.gpt2.modeling_flax_gpt2")):
     return "this transformers has no FlaxGPT2LMHeadModel (removed in v5)"
@@ -656,6 +685,8 @@ def run(args) -> dict:
   phases += [[f"jaxtextgan:{o}"] for o in args.objective_list if o != "lm"]
   if args.sequential:
     phases = [[name] for phase in phases for name in phase]
+  # bf16 workers are measured against the bf16 matmul peak, a second peak worker in the same rounds.
+  any_bf16 = any(precision(name, args.variant_list[0]) == "bf16" for phase in phases for name in phase)
   argv = _forward_argv(args)
   samples: dict[str, list[float]] = {}
   cpu: dict[str, list[float]] = collections.defaultdict(list)
@@ -663,8 +694,8 @@ def run(args) -> dict:
     live: dict[str, Proc] = {}
     try:
       for i, phase in enumerate(phases or [[]]):
-        # The peak worker joins the first phase and stays for every round of every phase.
-        names = (["peak:matmul"] if i == 0 else []) + phase
+        # The peak workers join the first phase and stay for every round of every phase.
+        names = (list(PEAKS[:2 if any_bf16 else 1]) if i == 0 else []) + phase
         groups = [names] if args.parallel_setup else [[n] for n in names]
         for group in groups:
           _setup_all([Proc(n, argv, log_dir, args.verbose) for n in group], live, results, samples, args)
@@ -688,6 +719,9 @@ def run(args) -> dict:
             out = live[name].ask(cmd="profile", dir=os.path.abspath(args.profile))
             if out.get("ok"):
               results[name]["profile"] = out["profile"]
+            else:
+              results[name]["profile_error"] = out["error"]
+              _progress(f"{name}: profile failed: {out['error']}")
           stats = live[name].ask(cmd="stats")
           if stats.get("ok"):
             results[name]["peak_rss_mb"] = stats["peak_rss_mb"]
@@ -751,23 +785,30 @@ def _finish(report: dict, samples: dict, cpu: dict):
       res["flops_per_step"] = flops
     if flops:
       res["gflops_per_second"] = flops / med / 1e9
-  peak = results.get("peak:matmul", {})
-  peak_gflops = peak.get("gflops_per_second")
-  report["peak_gflops"] = peak_gflops
+  first = report["config"]["variants"].split(",")[0]
+  peaks = {"fp32": results.get("peak:matmul", {}).get("gflops_per_second"),
+           "bf16": results.get("peak:matmul_bf16", {}).get("gflops_per_second")}
+  report["peak_gflops"] = peaks["fp32"]
+  report["peak_gflops_bf16"] = peaks["bf16"]
   for name, res in results.items():
-    if name != "peak:matmul" and peak_gflops and "gflops_per_second" in res:
+    peak_gflops = peaks[precision(name, first)]
+    if name not in PEAKS and peak_gflops and "gflops_per_second" in res:
       res["fraction_of_peak"] = res["gflops_per_second"] / peak_gflops
-  ours = results.get("jaxtextgan:lm", {})
   ratios = {}
-  for peer in PEERS:
-    other = results.get(f"{peer}:lm", {})
-    if ours.get("tokens_per_second") and other.get("tokens_per_second"):
-      ratios[f"lm_vs_{peer}"] = {
-        "tokens_per_second": ours["tokens_per_second"] / other["tokens_per_second"],
-        "peak_rss": ours["peak_rss_mb"] / other["peak_rss_mb"],
-        "compile_seconds": (ours["compile_seconds"] / other["compile_seconds"]
-                            if other.get("compile_seconds") else None),
-      }
+  for name, ours in results.items():
+    if not name.startswith("jaxtextgan:lm"):
+      continue
+    for peer in PEERS:
+      other = results.get(f"{peer}:lm", {})
+      if precision(name, first) != precision(f"{peer}:lm"):
+        continue
+      if ours.get("tokens_per_second") and other.get("tokens_per_second"):
+        ratios[f"{name.partition(':')[2]}_vs_{peer}"] = {
+          "tokens_per_second": ours["tokens_per_second"] / other["tokens_per_second"],
+          "peak_rss": ours["peak_rss_mb"] / other["peak_rss_mb"],
+          "compile_seconds": (ours["compile_seconds"] / other["compile_seconds"]
+                              if other.get("compile_seconds") else None),
+        }
   report["ratios"] = ratios
 
 

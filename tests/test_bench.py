@@ -28,19 +28,23 @@ def test_jaxpr_matmul_flops_multiplies_scan_bodies():
 
 def test_tiny_benchmark_reports_every_worker(tmp_path):
   out = tmp_path / "bench.json"
-  peers = [p for p, mods in (("torch", ("torch", "transformers")), ("flax", ("flax", "transformers")))
-           if _installed(*mods)]
+  peers = [p for p, mods in (("torch", ("torch", "transformers")), ("flax", ("flax", "transformers")),
+                             ("torch_bf16", ("torch", "transformers"))) if _installed(*mods)]
   cmd = [sys.executable, "-m", "jaxtextgan.bench", "--size=tiny", "--vocab=128", "--batch=2", "--seq=8",
          "--steps=2", "--warmup=1", "--peak_n=256", f"--peers={','.join(peers)}", "--objectives=lm",
-         "--variants=unrolled,scan", "--parallel_setup",
-         f"--json={out}"]
+         "--variants=unrolled,scan,bf16", "--parallel_setup",
+         f"--json={out}", f"--profile={tmp_path / 'profiles'}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())
   assert "jaxtextgan:lm" in proc.stdout and "tokens/s" in proc.stdout
   results = report["results"]
-  assert set(results) == {"peak:matmul", "jaxtextgan:lm", "jaxtextgan:lm@scan", *(f"{p}:lm" for p in peers)}
-  assert report["peak_gflops"] > 0
+  assert set(results) == {"peak:matmul", "peak:matmul_bf16", "jaxtextgan:lm", "jaxtextgan:lm@scan", "jaxtextgan:lm@bf16",
+                          *(f"{p}:lm" for p in peers)}
+  assert report["peak_gflops"] > 0 and report["peak_gflops_bf16"] > 0
+  # Each worker's fraction is of the peak of its own precision.
+  bf16 = results["jaxtextgan:lm@bf16"]
+  assert bf16["fraction_of_peak"] == pytest.approx(bf16["gflops_per_second"] / report["peak_gflops_bf16"])
   for name, r in results.items():
     assert r["status"] == "ok", (name, r)
     assert r["timed_steps"] == 2 and len(r["step_seconds"]) == 2
@@ -54,12 +58,24 @@ def test_tiny_benchmark_reports_every_worker(tmp_path):
   # 6N + 12*L*d*T per token; the jaxpr's matmuls are the same model minus the embedding lookups.
   assert ours["flops_per_step"] == pytest.approx(16 * (6 * ours["params"] + 12 * 2 * 32 * 8))
   assert 0.3 * ours["flops_per_step"] < ours["jaxpr_matmul_flops_per_step"] < 1.5 * ours["flops_per_step"]
-  # The scanned layout is the same model: same parameter count and analytic FLOPs.
-  assert results["jaxtextgan:lm@scan"]["params"] == ours["params"]
-  assert results["jaxtextgan:lm@scan"]["flops_per_step"] == ours["flops_per_step"]
+  # The scanned layout and bf16 compute are the same model: same parameter count and analytic FLOPs.
+  for variant in ("scan", "bf16"):
+    assert results[f"jaxtextgan:lm@{variant}"]["params"] == ours["params"]
+    assert results[f"jaxtextgan:lm@{variant}"]["flops_per_step"] == ours["flops_per_step"]
+  # --profile traces one more step of every JAX worker and sums its device-op time.
+  for name in ("jaxtextgan:lm", "jaxtextgan:lm@scan", *(["flax:lm"] if "flax" in peers else [])):
+    profile = results[name].get("profile")
+    assert profile, (name, results[name].get("profile_error"))
+    assert profile["op_seconds"] > 0 and 0 < profile["matmul_share"] <= 1 and profile["top_ops"]
   for p in peers:
     assert results[f"{p}:lm"]["params"] == ours["params"]
-    assert set(report["ratios"][f"lm_vs_{p}"]) == {"tokens_per_second", "peak_rss", "compile_seconds"}
+  # Each of our LM workers is compared with every peer of its own precision, and only with those.
+  fp32_peers = [p for p in peers if p != "torch_bf16"]
+  expected = {f"{v}_vs_{p}" for v in ("lm", "lm@scan") for p in fp32_peers}
+  expected |= {"lm@bf16_vs_torch_bf16"} if "torch_bf16" in peers else set()
+  assert set(report["ratios"]) == expected
+  for ratio in report["ratios"].values():
+    assert set(ratio) == {"tokens_per_second", "peak_rss", "compile_seconds"} and ratio["tokens_per_second"] > 0
 
 
 def test_bad_flags_are_rejected():
@@ -69,6 +85,9 @@ def test_bad_flags_are_rejected():
     bench.parse_args(["--objectives=rl"])
   with pytest.raises(SystemExit):
     bench.parse_args(["--variants=unrolled,pipelined"])
+  assert bench.precision("jaxtextgan:lm", "bf16") == bench.precision("torch_bf16:lm") == "bf16"
+  assert bench.precision("jaxtextgan:lm@bf16") == "bf16" and bench.precision("jaxtextgan:lm@scan", "bf16") == "fp32"
+  assert bench.precision("torch:lm") == bench.precision("flax:lm") == "fp32"
   args = bench.parse_args(["--variants=scan,unrolled"])
   assert args.variant_list == ["scan", "unrolled"] and args.variant == "scan"
   assert bench.parse_args(["--variants=scan", "--worker=jaxtextgan:lm@unrolled"]).variant == "unrolled"

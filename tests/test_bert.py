@@ -304,3 +304,17 @@ def test_hub_name_fails_fast_when_unavailable():
     bert.load_bert("jaxtextgan-no-such-user/no-such-bert-model")
   assert "\n" not in str(err.value)
   assert time.monotonic() - start < 20
+
+
+def test_bf16_compute_trains_with_fp32_gradients_close_to_fp32(tiny):
+  """bf16 compute over fp32 parameters: every matmul in bf16 with fp32 accumulation, including the backward ones."""
+  ids = jax.random.randint(jax.random.key(3), (2, 12), 0, 64)
+  mask = jnp.ones((2, 12), jnp.int32)
+  grads = {}
+  for dtype in ("float32", "bfloat16"):
+    graphdef, params = nnx.split(_with_config(tiny, dtype=dtype))
+    loss = lambda p: jnp.square(nnx.merge(graphdef, p)(ids, mask).astype(jnp.float32)).mean()
+    grads[dtype] = jax.tree.leaves(nnx.to_pure_dict(jax.jit(jax.grad(loss))(params)))
+  flat32, flat16 = (jnp.concatenate([g.ravel() for g in grads[k]]) for k in ("float32", "bfloat16"))
+  assert flat16.dtype == jnp.float32 and bool(jnp.isfinite(flat16).all())
+  assert float(jnp.linalg.norm(flat16 - flat32) / jnp.linalg.norm(flat32)) < 0.03

@@ -59,9 +59,9 @@ def test_soft_one_hot_inputs_equal_ids_and_differentiate_to_embedding():
   assert float(jnp.abs(g_params["wte"]["embedding"].get_value()).sum()) > 0
 
 
-@pytest.mark.parametrize("norm,position", GOPHER)
-def test_tiny_overfit_loss_falls(norm, position):
-  cfg = tiny(norm=norm, position=position)
+@pytest.mark.parametrize("norm,position,dtype", [(*g, "float32") for g in GOPHER] + [("layernorm", "learned", "bfloat16")])
+def test_tiny_overfit_loss_falls(norm, position, dtype):
+  cfg = tiny(norm=norm, position=position, dtype=dtype)
   model = gpt2.GPT2(cfg, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   ids = jax.random.randint(jax.random.key(5), (4, 17), 0, 37)
@@ -91,6 +91,22 @@ def test_bf16_compute_close_to_fp32():
   out = b16(ids)
   assert out.dtype == jnp.float32  # logits are always returned in fp32 for the loss
   assert np.max(np.abs(np.asarray(out) - np.asarray(f32(ids)))) < 0.1
+
+
+def test_bf16_compute_gradients_close_to_fp32():
+  """bf16 compute (fp32 parameters; matmuls in bf16 with fp32 accumulation): fp32 gradients near fp32 compute's."""
+  ids = jax.random.randint(jax.random.key(8), (2, 10), 0, 37)
+  grads = {}
+  for dtype in ("float32", "bfloat16"):
+    graphdef, params = nnx.split(gpt2.GPT2(tiny(dtype=dtype, scan_layers=False), rngs=nnx.Rngs(0)))
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      nnx.merge(graphdef, p)(ids[:, :-1]), ids[:, 1:]).mean()
+    grads[dtype] = jax.tree.leaves(nnx.to_pure_dict(jax.grad(loss)(params)))
+  for g32, g16 in zip(grads["float32"], grads["bfloat16"]):
+    assert g16.dtype == jnp.float32 and g16.shape == g32.shape
+  flat32, flat16 = (jnp.concatenate([g.ravel() for g in grads[k]]) for k in ("float32", "bfloat16"))
+  rel = float(jnp.linalg.norm(flat16 - flat32) / jnp.linalg.norm(flat32))
+  assert rel < 0.03
 
 
 def test_remat_gives_same_gradients():

@@ -122,9 +122,8 @@ class Attention(nnx.Module):
     """q, k, v = x Wq + bq, x Wk + bk, x Wv + bv as one (D, 3, H, K) matmul: a 3x wider GEMM runs nearer the
     CPU's matmul peak than three narrow ones, forward and backward (the kernels stay separate parameters)."""
     dense = (self.query, self.key, self.value)
-    kernel = jnp.stack([d.kernel[...] for d in dense], axis=1).astype(self.dtype)
-    y = jax.lax.dot_general(x_BTD.astype(self.dtype), kernel, (((2,), (0,)), ((), ())))
-    y = y + jnp.stack([d.bias[...] for d in dense]).astype(self.dtype)
+    kernel = jnp.stack([d.kernel[...] for d in dense], axis=1)
+    y = layers.contract(x_BTD, kernel, (0,), self.dtype, jnp.stack([d.bias[...] for d in dense]))
     return y[:, :, 0], y[:, :, 1], y[:, :, 2]
 
   def __call__(self, x_BTD: Array, q_pos_T: Array, k_pos_S: Array, *, cache: dict | None, cache_index,

@@ -7,6 +7,7 @@ Dropout takes an explicit PRNG key, so a module called under `jax.jit` is a pure
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -34,6 +35,62 @@ def dropout(x: Array, rate: float, key: Array | None) -> Array:
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def contract(x: Array, w: Array, w_dims: Sequence[int], dtype, bias: Array | None = None) -> Array:
+  """y = x . w (+ bias) over x's last len(w_dims) dims and w's `w_dims`, which are w's leading or trailing dims in
+  order; y's dims are x's leading dims, then w's others; y has `dtype`.
+
+  fp32 is a plain `dot_general`. For a narrower `dtype` (bf16) every matmul, forward and backward, takes `dtype`
+  operands and accumulates in fp32 (`preferred_element_type`): the form TPUs compute natively, and the only one
+  XLA:CPU sends to AMX (a bf16 x bf16 -> bf16 dot is upcast to an fp32 matmul). The bias is added in fp32 before
+  the one rounding to `dtype`, so its gradient is summed in fp32, and w's gradient comes out of the fp32
+  accumulator in w's own dtype (fp32 master weights get fp32 gradients, never rounded to bf16).
+  """
+  w_dims = tuple(w_dims)
+  n = len(w_dims)
+  if w_dims not in (tuple(range(n)), tuple(range(w.ndim - n, w.ndim))):
+    raise ValueError(f"contract: w_dims={w_dims} must be the leading or the trailing dims of w (ndim {w.ndim})")
+  if jnp.dtype(dtype) == jnp.float32:
+    x_dims = tuple(range(x.ndim - n, x.ndim))
+    y = jax.lax.dot_general(x.astype(dtype), w.astype(dtype), ((x_dims, w_dims), ((), ())))
+    return y if bias is None else y + bias.astype(dtype)
+  y32 = _contract_accumulating(x, w, w_dims, jnp.dtype(dtype), (jnp.dtype(x.dtype), jnp.dtype(w.dtype)))
+  return (y32 if bias is None else y32 + bias.astype(jnp.float32)).astype(dtype)
+
+
+def _dot_f32(a: Array, b: Array, contracting) -> Array:
+  return jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _contract_accumulating(x: Array, w: Array, w_dims: tuple[int, ...], dtype, grad_dtypes) -> Array:
+  """fp32 x . w from `dtype` operands (see `contract`); the gradients come back in `grad_dtypes` = (x's, w's)."""
+  return _contract_fwd(x, w, w_dims, dtype, grad_dtypes)[0]
+
+
+def _contract_fwd(x, w, w_dims, dtype, grad_dtypes):
+  x_lo, w_lo = x.astype(dtype), w.astype(dtype)
+  return _dot_f32(x_lo, w_lo, (tuple(range(x.ndim - len(w_dims), x.ndim)), w_dims)), (x_lo, w_lo)
+
+
+def _contract_bwd(w_dims, dtype, grad_dtypes, res, g_f32):
+  x_lo, w_lo = res
+  batch = tuple(range(x_lo.ndim - len(w_dims)))
+  w_free = tuple(i for i in range(w_lo.ndim) if i not in w_dims)
+  g = g_f32.astype(dtype)
+  # dx = g . w over w's free dims: (batch..., w_dims...).
+  dx = _dot_f32(g, w_lo, (tuple(range(len(batch), g.ndim)), w_free))
+  # dw = x . g over the batch dims, with the operands in the order that yields w's own layout, so no transpose is
+  # left for XLA to fold into the dot (XLA:CPU cannot run a bf16 dot that YNNPACK does not take).
+  if w_dims[0] == 0:
+    dw = _dot_f32(x_lo, g, (batch, batch))  # (w_dims..., w_free...)
+  else:
+    dw = _dot_f32(g, x_lo, (batch, batch))  # (w_free..., w_dims...)
+  return dx.astype(grad_dtypes[0]), dw.astype(grad_dtypes[1])
+
+
+_contract_accumulating.defvjp(_contract_fwd, _contract_bwd)
+
+
 class Dense(nnx.Module):
   """y = x W + b over the last `len(in_shape)` dims of x; W has shape in_shape + out_shape."""
 
@@ -49,13 +106,8 @@ class Dense(nnx.Module):
                  if use_bias else None)
 
   def __call__(self, x: Array) -> Array:
-    n_in = len(self.in_shape)
-    kernel = self.kernel[...].astype(self.dtype)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel,
-                            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
-    if self.bias is not None:
-      y = y + self.bias[...].astype(self.dtype)
-    return y
+    bias = None if self.bias is None else self.bias[...]
+    return contract(x, self.kernel[...], range(len(self.in_shape)), self.dtype, bias)
 
 
 class LayerNorm(nnx.Module):
@@ -120,7 +172,9 @@ class Embed(nnx.Module):
 
   def attend(self, x_BTD: Array) -> Array:
     """Tied output projection: logits = x E^T."""
-    return jnp.einsum("btd,vd->btv", x_BTD, self.embedding[...].astype(self.dtype))
+    if jnp.dtype(self.dtype) == jnp.float32:
+      return jnp.einsum("btd,vd->btv", x_BTD, self.embedding[...].astype(self.dtype))
+    return contract(x_BTD, self.embedding[...], (1,), self.dtype)
 
 
 def stacked(make_layer, n_layer: int, rngs: nnx.Rngs) -> nnx.Module:
