@@ -85,19 +85,22 @@ def _two_steps(cfg, shape):
 _SINGLE = {}
 
 
-@pytest.mark.parametrize("position,scan_layers,mesh_shape", [
-  ("learned", True, (8, 1, 1)), ("learned", True, (2, 2, 2)), ("learned", True, (1, 1, 8)),
-  ("relative", True, (1, 2, 4)), ("learned", False, (2, 2, 2))])
-def test_sharded_step_equals_single_device(position, scan_layers, mesh_shape):
+@pytest.mark.parametrize("position,scan_layers,mesh_shape,dtype", [
+  ("learned", True, (8, 1, 1), "float32"), ("learned", True, (2, 2, 2), "float32"),
+  ("learned", True, (1, 1, 8), "float32"), ("relative", True, (1, 2, 4), "float32"),
+  ("learned", False, (2, 2, 2), "float32"), ("learned", False, (2, 2, 2), "bfloat16")])
+def test_sharded_step_equals_single_device(position, scan_layers, mesh_shape, dtype):
   cfg = gpt2.GPT2Config(vocab_size=64, max_len=32, n_layer=2, d_model=32, n_head=4, d_ff=64, dropout=0.1,
-                        position=position, scan_layers=scan_layers)
-  key = (position, scan_layers)
+                        position=position, scan_layers=scan_layers, dtype=dtype)
+  key = (position, scan_layers, dtype)
   if key not in _SINGLE:
     _SINGLE[key] = _two_steps(cfg, (1, 1, 1))
   (loss_1, params_1), (loss_n, params_n) = _SINGLE[key], _two_steps(cfg, mesh_shape)
-  assert abs(loss_1 - loss_n) < 1e-5
+  # bf16: a sharded matmul sums its fp32 partial products in another order before the rounding to bf16.
+  loss_tol, param_tol = (1e-5, 2e-5) if dtype == "float32" else (1e-3, 1e-3)  # measured: 5e-7 and 1.3e-4
+  assert abs(loss_1 - loss_n) < loss_tol
   for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_n)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=param_tol)
 
 
 def test_params_are_actually_sharded_on_2x2x2():
