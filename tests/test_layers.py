@@ -127,3 +127,24 @@ def test_bf16_dense_every_matmul_takes_bf16_and_accumulates_in_fp32():
 def test_contract_refuses_interleaved_dims():
   with pytest.raises(ValueError, match="leading or the trailing"):
     layers.contract(jnp.ones((2, 4, 3)), jnp.ones((4, 5, 3)), (0, 2), jnp.bfloat16)
+
+
+def test_bf16_embed_soft_tokens_and_tied_head_match_fp32():
+  """The soft-token mixture probs . E and the tied head x . E^T in bf16 (fp32 accumulation) against fp32."""
+  grads, outs = {}, {}
+  probs = jax.nn.softmax(jax.random.normal(jax.random.key(1), (2, 3, 40)))
+  for dtype in (jnp.float32, jnp.bfloat16):
+    emb = layers.Embed(40, 16, dtype=dtype, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(emb)
+
+    def loss(p, probs):
+      e = nnx.merge(graphdef, p)
+      h = e(probs)
+      return jnp.square(e.attend(h).astype(jnp.float32)).mean(), h
+
+    (_, outs[dtype]), grads[dtype] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, probs)
+  assert outs[jnp.bfloat16].dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(outs[jnp.bfloat16], np.float32), np.asarray(outs[jnp.float32]), atol=2e-3)
+  for g32, g16 in zip(jax.tree.leaves(grads[jnp.float32]), jax.tree.leaves(grads[jnp.bfloat16])):
+    assert g16.dtype == g32.dtype == jnp.float32
+    assert float(jnp.linalg.norm(g16 - g32) / jnp.linalg.norm(g32)) < 0.03
