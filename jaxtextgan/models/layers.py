@@ -168,14 +168,10 @@ class Embed(nnx.Module):
     if jnp.issubdtype(ids_or_probs.dtype, jnp.integer):
       return jnp.take(table, ids_or_probs, axis=0).astype(self.dtype)
     # Soft tokens: a differentiable mixture of embeddings, so gradients reach E and the producer of the probs.
-    if jnp.dtype(self.dtype) == jnp.float32:
-      return jnp.einsum("btv,vd->btd", ids_or_probs.astype(self.dtype), table.astype(self.dtype))
     return contract(ids_or_probs, table, (0,), self.dtype)
 
   def attend(self, x_BTD: Array) -> Array:
     """Tied output projection: logits = x E^T."""
-    if jnp.dtype(self.dtype) == jnp.float32:
-      return jnp.einsum("btd,vd->btv", x_BTD, self.embedding[...].astype(self.dtype))
     return contract(x_BTD, self.embedding[...], (1,), self.dtype)
 
 
