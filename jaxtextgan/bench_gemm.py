@@ -60,8 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--no_optimizer", action="store_true", help="skip timing the clip + AdamW update")
   p.add_argument("--json", default="", help="write the report here")
   args = p.parse_args(argv)
-  if args.reps < 1 or args.batch < 1 or args.seq < 1 or args.burst < 2:
-    p.error("--reps, --batch and --seq must be positive and --burst at least 2")
+  if args.reps < 1 or args.batch < 1 or args.seq < 1 or args.burst < 2 or args.vocab < 0:
+    p.error("--reps, --batch and --seq must be positive, --burst at least 2 and --vocab not negative")
   return args
 
 

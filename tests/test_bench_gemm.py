@@ -52,8 +52,19 @@ def test_tiny_run_times_every_gemm_in_both_libraries(dtype, tol):
   assert "head weight grad" in table and "one step's GEMMs" in table and "floor (GEMMs + optimizer)" in table
 
 
+def test_without_torch_only_xla_is_timed_and_reported():
+  report = bench_gemm.run(bench_gemm.parse_args(["--size=tiny", "--vocab=64", "--batch=2", "--seq=4", "--reps=1",
+                                                 "--burst=2", "--no_torch", "--no_optimizer"]))
+  assert "torch_seconds" not in report["step"] and "optimizer" not in report
+  assert all("torch_seconds" not in g and "max_rel_diff" not in g for g in report["gemms"])
+  table = bench_gemm.format_table(report)
+  assert "PyTorch" not in table and "XLA" in table
+
+
 def test_bad_arguments_are_refused():
   with pytest.raises(SystemExit):
     bench_gemm.parse_args(["--burst=1"])
   with pytest.raises(SystemExit):
     bench_gemm.parse_args(["--size=gpt3"])
+  with pytest.raises(SystemExit):
+    bench_gemm.parse_args(["--vocab=-1"])
