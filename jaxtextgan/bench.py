@@ -388,6 +388,14 @@ def _hf_config(args, cfg):
                     embd_pdrop=args.dropout, attn_pdrop=args.dropout, layer_norm_epsilon=cfg.norm_eps)
 
 
+def torch_adamw(params: list, args):
+  """`torch.optim.AdamW` as `_opt_cfg` configures ours: weight decay on matrices only, constant lr."""
+  import torch
+  return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+                            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                           lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
 class TorchLM:
   """transformers' GPT2LMHeadModel, eager PyTorch, torch.optim.AdamW with the same hyper-parameters; as
   'torch_bf16:lm' the forward pass runs under bf16 autocast (fp32 parameters, optimizer and loss)."""
@@ -409,10 +417,7 @@ class TorchLM:
     torch.manual_seed(0)
     self.model = GPT2LMHeadModel(_hf_config(args, cfg))
     self.model.train()
-    decay = [p for p in self.model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-    self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    self.opt = torch_adamw(list(self.model.parameters()), args)
     inputs, targets = _tokens(args, cfg.vocab_size)
     self.inputs, self.targets = torch.from_numpy(inputs).long(), torch.from_numpy(targets).long()
     n = sum(p.numel() for p in self.model.parameters())

@@ -149,9 +149,7 @@ def _optimizer_calls(cfg, torch) -> tuple[dict, int]:
     params = [torch.zeros(x.shape, requires_grad=True) for x in leaves]
     for t in params:
       t.grad = torch.full(t.shape, 1e-3)
-    opt = torch.optim.AdamW([{"params": [t for t in params if t.ndim >= 2], "weight_decay": opt_args.weight_decay},
-                             {"params": [t for t in params if t.ndim < 2], "weight_decay": 0.0}],
-                            lr=opt_args.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = bench.torch_adamw(params, opt_args)
 
     def torch_update():
       torch.nn.utils.clip_grad_norm_(params, opt_args.grad_clip)
@@ -188,12 +186,11 @@ def run(args) -> dict:
     if torch is not None:
       tdt = torch.bfloat16 if bf16 else torch.float32
       calls["torch"] = _torch_call(torch.from_numpy(lhs32).to(tdt), torch.from_numpy(rhs32).to(tdt), g["dims"])
+    out = {lib: call() for lib, call in calls.items()}  # compile / warm up
+    if torch is not None:
       # Both timed calls compute the same product (a check on the layouts above), to their precision.
-      x = np.asarray(calls["xla"](), np.float32)
-      t = calls["torch"]().float().numpy()
+      x, t = np.asarray(out["xla"], np.float32), out["torch"].float().numpy()
       g["max_rel_diff"] = float(np.abs(x - t).max() / np.abs(x).max())
-    for call in calls.values():
-      call()  # compile / warm up
     for lib, s in _bursts(calls, args.reps, args.burst).items():
       g[f"{lib}_seconds"] = s
       g[f"{lib}_seconds_median"] = statistics.median(s)
