@@ -13,7 +13,7 @@ python -m jaxtextgan.main --config=configs/augment.py                 # workdir:
 
 import ml_collections
 
-from jaxtextgan.config import gpt2_model_config as model_config, sibling_config
+from jaxtextgan.config import gpt2_model_config as model_config, refer_to, sibling_config, sub_run_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -47,4 +47,14 @@ def get_config() -> ml_collections.ConfigDict:
     grad_clip_norm=1.0))
   c.eval = ml_collections.ConfigDict(dict(batch_size=64))
   c.sample = ml_collections.ConfigDict(dict(num=16, length=32, temperature=1.0, top_k=0, top_p=1.0, seed=0))
+
+  # The sub-runs, built from this config's fields by reference, so an override of data, seed, ... reaches them:
+  # the base LM as configs/lm.py would train it, and the GAN, whose G emits data.seq_len tokens and starts from the
+  # base LM (its generator.init_from is the base LM's workdir, known only when the run starts).
+  c.base_lm = sub_run_config(c, "lm", shared=("data", "tokenizer", "model", "optimizer", "train", "eval", "sample"))
+  c.gan.seed, c.gan.mesh_shape = c.get_ref("seed"), c.get_ref("mesh_shape")
+  refer_to(c.gan.data, c.data, skip=("trigram",))
+  refer_to(c.gan.tokenizer, c.tokenizer)
+  c.gan.generator.length = c.data.get_ref("seq_len")
+  c.gan.pretrain.steps = 0
   return c

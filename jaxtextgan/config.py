@@ -49,6 +49,26 @@ def optimizer_config(lr, warmup=0, schedule="cosine", weight_decay=0.0, clip=0.2
                                         grad_clip_norm=clip))
 
 
+def sub_run_config(parent: ml_collections.ConfigDict, objective: str, shared=(), referenced=()) -> ml_collections.ConfigDict:
+  """The config of a sub-run (a base LM, a GAN, ...) built inside a config file from `parent`'s own fields:
+  `seed` and `mesh_shape` by reference, the `shared` blocks as the same ConfigDicts, and each field of the
+  `referenced` blocks by reference. An override of any of them on the command line reaches the sub-run too."""
+  c = ml_collections.ConfigDict(dict(objective=objective))
+  c.seed, c.mesh_shape = parent.get_ref("seed"), parent.get_ref("mesh_shape")
+  for block in shared:
+    c[block] = parent[block]
+  for block in referenced:
+    c[block] = ml_collections.ConfigDict({k: parent[block].get_ref(k) for k in parent[block]})
+  return c
+
+
+def refer_to(target: ml_collections.ConfigDict, source: ml_collections.ConfigDict, skip=()) -> None:
+  """Points each field of `target` (existing references to it follow) at the same field of `source`."""
+  for key in target:
+    if key not in skip:
+      target[key] = source.get_ref(key)
+
+
 def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
   """get_config() of configs/`name`.py beside `config_file` (a config's __file__), wherever it is loaded from."""
   return load_config(pathlib.Path(config_file).with_name(f"{name}.py"))

@@ -7,3 +7,14 @@ class InputError(ValueError):
   `main` prints it as a single `error: ...` line and exits with status 2,
   without a traceback, so the message must name the input and the fix.
   """
+
+
+class Preempted(Exception):
+  """SIGTERM arrived during a stage; that stage saved a checkpoint at the step boundary.
+
+  `main` turns it into one message and exit status 0: running the same command again resumes.
+  """
+
+  def __init__(self, stage: str, step: int, directory):
+    super().__init__(f"[{stage}] SIGTERM: saved step {step} to {directory}; run the same command again to resume")
+    self.stage, self.step, self.directory = stage, step, directory

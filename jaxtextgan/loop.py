@@ -59,12 +59,13 @@ class LoopResult:
 
 
 def run(*, state, step_fn: Callable, batches: Iterator[dict], put: Callable[[dict], dict], rng: jax.Array,
-        total_steps: int, checkpointer: Checkpointer | None, writer: MetricWriter, meta_fn: Callable[[], dict],
+        total_steps: int, start: int | None = None, checkpointer: Checkpointer | None, writer: MetricWriter, meta_fn: Callable[[], dict],
         log_every: int = 50, checkpoint_every: int = 0, eval_every: int = 0,
         eval_fn: Callable[[Any, int], dict] | None = None, tokens_per_step: int = 0, desc: str = "train",
         show_progress: bool = True) -> LoopResult:
-  """Trains from `state.step` to `total_steps`. Returns early (after a checkpoint) on SIGTERM."""
-  start = int(jax.device_get(state.step))
+  """Trains from step `start` (default `state.step`) to `total_steps`. Returns early (after a checkpoint) on
+  SIGTERM."""
+  start = int(jax.device_get(state.step)) if start is None else start
   last_metrics: dict = {}
   preempted = False
   bar = tqdm(total=total_steps, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0,

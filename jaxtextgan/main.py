@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxtextgan.config import load_config, resolve
-from jaxtextgan.errors import InputError
+from jaxtextgan.errors import InputError, Preempted
 
 TASKS = {
   "lm": "jaxtextgan.tasks.lm",
@@ -33,6 +33,10 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-process job fou
                                 "(Cloud TPU pod slices, SLURM, Kubernetes).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Lower and compile the train step; print parameters, FLOPs and "
                              "per-device memory; do not train.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "With --dry_run: compile for this TPU slice with XLA:TPU (libtpu) "
+                                "and report per-chip HBM, fit and a roofline estimate, e.g. v5e:4x4 or v4:2x2x4.")
+_MAX_BATCH = flags.DEFINE_bool("max_batch", False, "With --dry_run --topology: search the largest per-chip batch "
+                               "(a power of two) that fits the chip's HBM.")
 
 
 def _init_distributed() -> None:
@@ -65,13 +69,18 @@ def main(argv) -> None:
   if objective not in TASKS:
     raise InputError(f"config.objective={objective!r} is unknown: use one of {', '.join(TASKS)}")
   _init_distributed()
+  if (_TOPOLOGY.value or _MAX_BATCH.value) and not _DRY_RUN.value:
+    raise InputError("--topology and --max_batch only apply to --dry_run: add --dry_run")
   if _DRY_RUN.value:
     from jaxtextgan import dryrun
-    dryrun.dry_run(config)
+    dryrun.dry_run(config, topology=_TOPOLOGY.value, max_batch=_MAX_BATCH.value)
     return
   task = importlib.import_module(TASKS[objective])
   workdir = _WORKDIR.value or f"workdirs/{objective}"
-  task.run(config, workdir)
+  try:
+    task.run(config, workdir)
+  except Preempted as stop:  # the stage saved its checkpoint: exit cleanly, the same command resumes
+    print(stop, flush=True)
 
 
 def check_overrides(argv) -> None:

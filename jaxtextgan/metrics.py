@@ -1,4 +1,5 @@
-"""Metrics for generated text: BLEU, Self-BLEU, distinct-n, oracle/test NLL and reverse perplexity.
+"""Metrics for generated text (BLEU, Self-BLEU, distinct-n, oracle/test NLL, reverse perplexity) and for a
+classifier (`classification_metrics`: accuracy, macro-F1).
 
 Pure Python/NumPy. A text set is a sequence of token sequences: each item is a list/tuple/array of hashable
 tokens (ints or strings), or a string, which is split on whitespace (`tokenize`). A 2-D integer array is a set
@@ -284,3 +285,18 @@ def sequence_metrics(hypotheses, references, *, bleu_orders: Iterable[int] = DEF
   out.update({f"distinct{n}": distinct_n(hyps, n) for n in _check_orders(distinct_orders)})
   out["length"] = float(np.mean([len(h) for h in hyps]))
   return out
+
+
+def classification_metrics(labels, predictions) -> dict[str, float]:
+  """Accuracy, and macro-F1 over the classes present in the labels or the predictions (as scikit-learn's
+  f1_score(average='macro')): F1_c = 2 TP / (2 TP + FP + FN), a class with 2 TP + FP + FN = 0 counting 0."""
+  labels, predictions = np.asarray(labels), np.asarray(predictions)
+  f1 = []
+  for c in np.union1d(labels, predictions):
+    tp = np.sum((predictions == c) & (labels == c))
+    fp = np.sum((predictions == c) & (labels != c))
+    fn = np.sum((predictions != c) & (labels == c))
+    denom = 2 * tp + fp + fn
+    f1.append(2 * tp / denom if denom else 0.0)
+  return {"accuracy": float(np.mean(predictions == labels)) if len(labels) else 0.0,
+          "macro_f1": float(np.mean(f1)) if f1 else 0.0}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -19,14 +20,17 @@ from typing import Sequence, TextIO
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxtextgan import checkpoint
 from jaxtextgan import sharding as shd
+from jaxtextgan.data import classification as cls_data
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import bert
 from jaxtextgan.objectives import ganbert
-from jaxtextgan.tasks import ganbert as task
+
+ASSETS = "classifier_assets"  # <workdir>/classifier_assets: the tokenizer files next to <workdir>/classifier
 
 
 @dataclasses.dataclass
@@ -49,7 +53,7 @@ def load_classifier(workdir) -> LoadedClassifier:
     raise InputError(f"{workdir} has no trained classifier ({directory} is missing): train one with "
                      f"`python -m jaxtextgan.main --config=configs/ganbert.py --workdir={workdir}`")
   meta, step = checkpoint.read_meta(directory)
-  assets = workdir / task.ASSETS
+  assets = workdir / ASSETS
   if not (assets / "vocab.txt").is_file():
     raise InputError(f"{assets / 'vocab.txt'} is missing: the workdir is incomplete, train it again")
   try:
@@ -63,22 +67,36 @@ def load_classifier(workdir) -> LoadedClassifier:
   tokenizer = bert.WordPieceTokenizer(assets / "vocab.txt", max_len=meta["max_len"], **options)
 
   mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
-  abstract = nnx.eval_shape(lambda: ganbert.Classifier(bert_cfg, cfg, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: ganbert.make_classifier(bert_cfg, cfg, nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
   rep = shd.replicated(mesh)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), abstract_params)
-  ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
-  try:
-    restored, _ = ckpt.restore(step, {"params": target})
+  try:  # only the "state" item: its meta was read above
+    restored = ocp.StandardCheckpointer().restore((directory / str(step) / "state").absolute(), {"params": target})
   except Exception as err:  # a damaged or foreign checkpoint
     raise InputError(f"{directory / str(step)} could not be restored ({type(err).__name__}): train the classifier "
                      f"again") from None
-  finally:
-    ckpt.close()
-  _, _, _, predict_step = ganbert.make_steps(cfg)
-  predict = jax.jit(lambda params, batch: predict_step(params, graphdef, batch))
-  return LoadedClassifier(label_names, tokenizer, predict, restored["params"], mesh, int(meta["max_len"]),
-                          int(meta.get("pad_multiple", 16)), meta)
+  return LoadedClassifier(label_names, tokenizer, predict_fn(graphdef, cfg.num_classes, mesh), restored["params"],
+                          mesh, int(meta["max_len"]), int(meta.get("pad_multiple", 16)), meta)
+
+
+@functools.lru_cache(maxsize=16)
+def predict_fn(graphdef, num_classes: int, mesh):
+  """jitted (D's params, batch) -> p(y | x, real) (B, k), the batch and result sharded over ('data','fsdp')."""
+  _, _, _, predict_step = ganbert.make_steps(ganbert.GanBertConfig(num_classes=num_classes))
+  return jax.jit(lambda params, batch: predict_step(params, graphdef, batch),
+                 out_shardings=shd.batch_sharding(mesh, 2))
+
+
+def predict_probabilities(predict, params, data: cls_data.Encoded, batch_size: int, mesh,
+                          pad_multiple: int) -> np.ndarray:
+  """(N, k) class probabilities of every row of `data`, in its order (`cls_data.prediction_batches`)."""
+  order, batches = cls_data.prediction_batches(data, batch_size, pad_multiple)
+  out = [np.asarray(jax.device_get(predict(params, shd.put_batch(batch, mesh)))) for batch in batches]
+  probs = np.concatenate(out)[:len(data)] if out else np.zeros((0, 0), np.float32)
+  result = np.empty_like(probs)
+  result[order] = probs
+  return result
 
 
 def classify(classifier: LoadedClassifier, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -86,9 +104,9 @@ def classify(classifier: LoadedClassifier, texts: Sequence[str], batch_size: int
   if batch_size < 1:
     raise InputError(f"--batch_size={batch_size} is invalid: use a positive batch size")
   ids, mask = classifier.tokenizer.encode_batch(list(texts), classifier.max_len)
-  data = task.Encoded(ids, mask, np.full(len(texts), -1, np.int32))
-  return task.predict_probabilities(classifier.predict, classifier.params, data, batch_size, classifier.mesh,
-                                    classifier.pad_multiple)
+  data = cls_data.Encoded(ids, mask, np.full(len(texts), cls_data.UNLABELED, np.int32))
+  return predict_probabilities(classifier.predict, classifier.params, data, batch_size, classifier.mesh,
+                               classifier.pad_multiple)
 
 
 def read_texts(stream: TextIO, source: str) -> list[tuple[int, str]]:

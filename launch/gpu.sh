@@ -3,9 +3,8 @@
 # Run `launch/gpu.sh --help`; --dry-run prints the commands instead of running them.
 set -euo pipefail
 
-PROG=${0##*/}
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<EOF
@@ -48,73 +47,26 @@ Examples:
 EOF
 }
 
-die_usage() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
-
-# q ARG: ARG quoted for a POSIX shell (single quotes when needed; '--flag=' stays outside them).
-q() {
-  local s=$1 sq="'\\''" prefix="" escaped
-  if [[ -n $s && $s != *[!A-Za-z0-9_./:=,@%+^-]* ]]; then printf '%s' "$s"; return; fi
-  if [[ $s =~ ^--[A-Za-z0-9_.-]+= ]]; then prefix=${BASH_REMATCH[0]}; s=${s#"$prefix"}; fi
-  escaped=${s//\'/$sq}
-  printf "%s'%s'" "$prefix" "$escaped"
-}
-
-quote_cmd() {
-  local out="" arg
-  for arg in "$@"; do out+="${out:+ }$(q "$arg")"; done
-  printf '%s' "$out"
-}
-
-# show SUFFIX CMD...: prints '+ CMD SUFFIX' (stdout under --dry-run, else stderr).
-show() {
-  local suffix=$1; shift
-  if ((DRY_RUN)); then printf '+ %s%s\n' "$(quote_cmd "$@")" "$suffix"
-  else printf '+ %s%s\n' "$(quote_cmd "$@")" "$suffix" >&2; fi
-}
-
-run() { show "" "$@"; if ((DRY_RUN)); then return 0; fi; "$@"; }
-
-SUBCOMMAND=""
-CONFIG=${JTG_CONFIG:-}
-WORKDIR=${JTG_WORKDIR:-}
 PYTHON=${JTG_PYTHON:-}
-MAIN_ARGS=()
 GPUS=""
 NUM_PROCESSES=1
 PORT=8476
 LOG_DIR=""
 VENV=$REPO_DIR/.venv
 CUDA=12
-DRY_RUN=0
 
-take_value() {
-  if [[ $1 == --*=* ]]; then VALUE=${1#*=}; NSHIFT=1
-  elif (($# >= 2)); then VALUE=$2; NSHIFT=2
-  else die_usage "$1 needs a value"; fi
-}
-
-parse_args() {
-  while (($#)); do
-    NSHIFT=1
-    case $1 in
-      -h|--help) usage; exit 0 ;;
-      --dry-run) DRY_RUN=1 ;;
-      --config.*) MAIN_ARGS+=("$1") ;;
-      --config|--config=*) take_value "$@"; CONFIG=$VALUE ;;
-      --workdir|--workdir=*) take_value "$@"; WORKDIR=$VALUE ;;
-      --python|--python=*) take_value "$@"; PYTHON=$VALUE ;;
-      --gpus|--gpus=*) take_value "$@"; GPUS=$VALUE ;;
-      --num_processes|--num_processes=*|--num-processes|--num-processes=*) take_value "$@"; NUM_PROCESSES=$VALUE ;;
-      --port|--port=*) take_value "$@"; PORT=$VALUE ;;
-      --log-dir|--log-dir=*) take_value "$@"; LOG_DIR=$VALUE ;;
-      --venv|--venv=*) take_value "$@"; VENV=$VALUE ;;
-      --cuda|--cuda=*) take_value "$@"; CUDA=$VALUE ;;
-      --) shift; MAIN_ARGS+=("$@"); break ;;
-      -*) die_usage "unknown option $1 (see --help)" ;;
-      *) [[ -z $SUBCOMMAND ]] || die_usage "unexpected argument '$1' (see --help)"; SUBCOMMAND=$1 ;;
-    esac
-    shift "$NSHIFT"
-  done
+# parse_option ARGS...: this launcher's own options (common.sh's parse_args does the rest).
+parse_option() {
+  case $1 in
+    --python|--python=*) take_value "$@"; PYTHON=$VALUE ;;
+    --gpus|--gpus=*) take_value "$@"; GPUS=$VALUE ;;
+    --num_processes|--num_processes=*|--num-processes|--num-processes=*) take_value "$@"; NUM_PROCESSES=$VALUE ;;
+    --port|--port=*) take_value "$@"; PORT=$VALUE ;;
+    --log-dir|--log-dir=*) take_value "$@"; LOG_DIR=$VALUE ;;
+    --venv|--venv=*) take_value "$@"; VENV=$VALUE ;;
+    --cuda|--cuda=*) take_value "$@"; CUDA=$VALUE ;;
+    *) return 1 ;;
+  esac
 }
 
 cmd_setup() {

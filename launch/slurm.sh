@@ -4,7 +4,8 @@
 # shellcheck disable=SC2016  # single-quoted $VARS here are text of the generated job script, expanded there.
 set -euo pipefail
 
-PROG=${0##*/}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<EOF
@@ -51,29 +52,9 @@ Example:
 EOF
 }
 
-die_usage() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
-
-# q ARG: ARG quoted for a POSIX shell (single quotes when needed; '--flag=' stays outside them).
-q() {
-  local s=$1 sq="'\\''" prefix="" escaped
-  if [[ -n $s && $s != *[!A-Za-z0-9_./:=,@%+^-]* ]]; then printf '%s' "$s"; return; fi
-  if [[ $s =~ ^--[A-Za-z0-9_.-]+= ]]; then prefix=${BASH_REMATCH[0]}; s=${s#"$prefix"}; fi
-  escaped=${s//\'/$sq}
-  printf "%s'%s'" "$prefix" "$escaped"
-}
-
-quote_cmd() {
-  local out="" arg
-  for arg in "$@"; do out+="${out:+ }$(q "$arg")"; done
-  printf '%s' "$out"
-}
-
 NODES=""
 GPUS_PER_NODE=""
 PER_GPU=0
-CONFIG=${JTG_CONFIG:-}
-WORKDIR=${JTG_WORKDIR:-}
-MAIN_ARGS=()
 PYTHON=${JTG_PYTHON:-}
 JOB_NAME=jaxtextgan
 SBATCH_FLAGS=()
@@ -82,44 +63,28 @@ PORT=""
 CHDIR=$PWD
 OUTPUT=slurm-%x-%j.out
 SAVE=""
-DRY_RUN=0
 
-take_value() {
-  if [[ $1 == --*=* ]]; then VALUE=${1#*=}; NSHIFT=1
-  elif (($# >= 2)); then VALUE=$2; NSHIFT=2
-  else die_usage "$1 needs a value"; fi
-}
-
-parse_args() {
-  while (($#)); do
-    NSHIFT=1
-    case $1 in
-      -h|--help) usage; exit 0 ;;
-      --dry-run) DRY_RUN=1 ;;
-      --per-gpu) PER_GPU=1 ;;
-      --config.*) MAIN_ARGS+=("$1") ;;
-      --config|--config=*) take_value "$@"; CONFIG=$VALUE ;;
-      --workdir|--workdir=*) take_value "$@"; WORKDIR=$VALUE ;;
-      --nodes|--nodes=*) take_value "$@"; NODES=$VALUE ;;
-      --gpus-per-node|--gpus-per-node=*) take_value "$@"; GPUS_PER_NODE=$VALUE ;;
-      --python|--python=*) take_value "$@"; PYTHON=$VALUE ;;
-      --job-name|--job-name=*) take_value "$@"; JOB_NAME=$VALUE ;;
-      --partition|--partition=*) take_value "$@"; SBATCH_FLAGS+=(--partition="$VALUE") ;;
-      --account|--account=*) take_value "$@"; SBATCH_FLAGS+=(--account="$VALUE") ;;
-      --time|--time=*) take_value "$@"; SBATCH_FLAGS+=(--time="$VALUE") ;;
-      --cpus-per-task|--cpus-per-task=*) take_value "$@"; SBATCH_FLAGS+=(--cpus-per-task="$VALUE") ;;
-      --sbatch-flag|--sbatch-flag=*) take_value "$@"; SBATCH_FLAGS+=("$VALUE") ;;
-      --prelude|--prelude=*) take_value "$@"; PRELUDE+=("$VALUE") ;;
-      --port|--port=*) take_value "$@"; PORT=$VALUE ;;
-      --chdir|--chdir=*) take_value "$@"; CHDIR=$VALUE ;;
-      --output|--output=*) take_value "$@"; OUTPUT=$VALUE ;;
-      --save|--save=*) take_value "$@"; SAVE=$VALUE ;;
-      --) shift; MAIN_ARGS+=("$@"); break ;;
-      -*) die_usage "unknown option $1 (see --help)" ;;
-      *) die_usage "unexpected argument '$1' (see --help)" ;;
-    esac
-    shift "$NSHIFT"
-  done
+# parse_option ARGS...: this launcher's own options (common.sh's parse_args does the rest); no subcommands.
+parse_option() {
+  case $1 in
+    --per-gpu) PER_GPU=1 ;;
+    --nodes|--nodes=*) take_value "$@"; NODES=$VALUE ;;
+    --gpus-per-node|--gpus-per-node=*) take_value "$@"; GPUS_PER_NODE=$VALUE ;;
+    --python|--python=*) take_value "$@"; PYTHON=$VALUE ;;
+    --job-name|--job-name=*) take_value "$@"; JOB_NAME=$VALUE ;;
+    --partition|--partition=*) take_value "$@"; SBATCH_FLAGS+=(--partition="$VALUE") ;;
+    --account|--account=*) take_value "$@"; SBATCH_FLAGS+=(--account="$VALUE") ;;
+    --time|--time=*) take_value "$@"; SBATCH_FLAGS+=(--time="$VALUE") ;;
+    --cpus-per-task|--cpus-per-task=*) take_value "$@"; SBATCH_FLAGS+=(--cpus-per-task="$VALUE") ;;
+    --sbatch-flag|--sbatch-flag=*) take_value "$@"; SBATCH_FLAGS+=("$VALUE") ;;
+    --prelude|--prelude=*) take_value "$@"; PRELUDE+=("$VALUE") ;;
+    --port|--port=*) take_value "$@"; PORT=$VALUE ;;
+    --chdir|--chdir=*) take_value "$@"; CHDIR=$VALUE ;;
+    --output|--output=*) take_value "$@"; OUTPUT=$VALUE ;;
+    --save|--save=*) take_value "$@"; SAVE=$VALUE ;;
+    -*) return 1 ;;
+    *) die_usage "unexpected argument '$1' (see --help)" ;;
+  esac
 }
 
 check() {
@@ -181,11 +146,11 @@ main() {
   local script
   script=$(sbatch_script)
   if [[ -n $SAVE ]]; then
-    printf '+ cat >%s <<'"'EOF_SBATCH'"'\n%s\nEOF_SBATCH\n' "$(q "$SAVE")" "$script" >&"$((DRY_RUN ? 1 : 2))"
-    printf '+ %s\n' "$(quote_cmd sbatch "$SAVE")" >&"$((DRY_RUN ? 1 : 2))"
+    say '+ cat >%s <<'"'EOF_SBATCH'"'\n%s\nEOF_SBATCH\n' "$(q "$SAVE")" "$script"
+    show "" sbatch "$SAVE"
     if ((!DRY_RUN)); then printf '%s\n' "$script" >"$SAVE"; sbatch "$SAVE"; fi
   else
-    printf '+ sbatch <<'"'EOF_SBATCH'"'\n%s\nEOF_SBATCH\n' "$script" >&"$((DRY_RUN ? 1 : 2))"
+    say '+ sbatch <<'"'EOF_SBATCH'"'\n%s\nEOF_SBATCH\n' "$script"
     if ((!DRY_RUN)); then printf '%s\n' "$script" | sbatch; fi
   fi
 }

@@ -4,9 +4,8 @@
 set -euo pipefail
 # Bash 3.2 (macOS's /bin/bash) is enough: no mapfile, and empty arrays are expanded as ${a[@]+"${a[@]}"}.
 
-PROG=${0##*/}
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 REMOTE_TARBALL=jaxtextgan-src.tar.gz
 
 usage() {
@@ -70,36 +69,7 @@ Examples:
 EOF
 }
 
-die_usage() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
-
-# q ARG: ARG quoted for a POSIX shell (single quotes when needed; '--flag=' stays outside them), so printed
-# commands can be pasted back into a shell.
-q() {
-  local s=$1 sq="'\\''" prefix="" escaped
-  if [[ -n $s && $s != *[!A-Za-z0-9_./:=,@%+^-]* ]]; then printf '%s' "$s"; return; fi
-  if [[ $s =~ ^--[A-Za-z0-9_.-]+= ]]; then prefix=${BASH_REMATCH[0]}; s=${s#"$prefix"}; fi
-  escaped=${s//\'/$sq}
-  printf "%s'%s'" "$prefix" "$escaped"
-}
-
-# quote_cmd ARG...: the arguments as one shell-quoted command line.
-quote_cmd() {
-  local out="" arg
-  for arg in "$@"; do out+="${out:+ }$(q "$arg")"; done
-  printf '%s' "$out"
-}
-
-# run CMD...: prints '+ CMD' (stdout under --dry-run, else stderr) and runs it unless --dry-run.
-run() {
-  if ((DRY_RUN)); then printf '+ %s\n' "$(quote_cmd "$@")"; return 0; fi
-  printf '+ %s\n' "$(quote_cmd "$@")" >&2
-  "$@"
-}
-
-note() { if ((DRY_RUN)); then printf '# %s\n' "$*"; else printf '# %s\n' "$*" >&2; fi; }
-
-# Options and their defaults.
-SUBCOMMAND=""
+# Options and their defaults (common.sh has those every launcher takes).
 NAME=${JTG_NAME:-}
 ZONE=${JTG_ZONE:-${CLOUDSDK_COMPUTE_ZONE:-}}
 PROJECT=${JTG_PROJECT:-}
@@ -112,9 +82,6 @@ REPO=${JTG_REPO:-$REPO_DIR}
 BRANCH=""
 PYTHON_VERSION=3.12
 REMOTE_DIR=${JTG_REMOTE_DIR:-jaxtextgan}
-CONFIG=${JTG_CONFIG:-}
-WORKDIR=${JTG_WORKDIR:-}
-MAIN_ARGS=()
 ENVS=()
 SESSION=jaxtextgan
 LOG=""
@@ -122,51 +89,33 @@ WORKER=0
 LINES=100
 FOLLOW=0
 YES=0
-DRY_RUN=0
 
-# take_value ARGS...: sets VALUE from '--opt=value' or '--opt value' and NSHIFT to the words used.
-take_value() {
-  if [[ $1 == --*=* ]]; then VALUE=${1#*=}; NSHIFT=1
-  elif (($# >= 2)); then VALUE=$2; NSHIFT=2
-  else die_usage "$1 needs a value"; fi
-}
-
-parse_args() {
-  while (($#)); do
-    NSHIFT=1
-    case $1 in
-      -h|--help) usage; exit 0 ;;
-      --dry-run) DRY_RUN=1 ;;
-      --spot) CAPACITY=--spot ;;
-      --preemptible) CAPACITY=--preemptible ;;
-      -f|--follow) FOLLOW=1 ;;
-      --yes) YES=1 ;;
-      --config.*) MAIN_ARGS+=("$1") ;;
-      --config|--config=*) take_value "$@"; CONFIG=$VALUE ;;
-      --name|--name=*) take_value "$@"; NAME=$VALUE ;;
-      --zone|--zone=*) take_value "$@"; ZONE=$VALUE ;;
-      --project|--project=*) take_value "$@"; PROJECT=$VALUE ;;
-      --accelerator|--accelerator=*) take_value "$@"; ACCELERATOR=$VALUE ;;
-      --version|--version=*) take_value "$@"; VERSION=$VALUE ;;
-      --create-flag|--create-flag=*) take_value "$@"; CREATE_FLAGS+=("$VALUE") ;;
-      --repo|--repo=*) take_value "$@"; REPO=$VALUE ;;
-      --branch|--branch=*) take_value "$@"; BRANCH=$VALUE ;;
-      --python-version|--python-version=*) take_value "$@"; PYTHON_VERSION=$VALUE ;;
-      --remote-dir|--remote-dir=*) take_value "$@"; REMOTE_DIR=$VALUE ;;
-      --workdir|--workdir=*) take_value "$@"; WORKDIR=$VALUE ;;
-      --env|--env=*) take_value "$@"
-        [[ $VALUE =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die_usage "--env wants NAME=VALUE, got '$VALUE'"
-        ENVS+=("$VALUE") ;;
-      --session|--session=*) take_value "$@"; SESSION=$VALUE ;;
-      --log|--log=*) take_value "$@"; LOG=$VALUE ;;
-      --worker|--worker=*) take_value "$@"; WORKER=$VALUE ;;
-      --lines|--lines=*) take_value "$@"; LINES=$VALUE ;;
-      --) shift; MAIN_ARGS+=("$@"); break ;;
-      -*) die_usage "unknown option $1 (see --help)" ;;
-      *) [[ -z $SUBCOMMAND ]] || die_usage "unexpected argument '$1' (see --help)"; SUBCOMMAND=$1 ;;
-    esac
-    shift "$NSHIFT"
-  done
+# parse_option ARGS...: this launcher's own options (common.sh's parse_args does the rest).
+parse_option() {
+  case $1 in
+    --spot) CAPACITY=--spot ;;
+    --preemptible) CAPACITY=--preemptible ;;
+    -f|--follow) FOLLOW=1 ;;
+    --yes) YES=1 ;;
+    --name|--name=*) take_value "$@"; NAME=$VALUE ;;
+    --zone|--zone=*) take_value "$@"; ZONE=$VALUE ;;
+    --project|--project=*) take_value "$@"; PROJECT=$VALUE ;;
+    --accelerator|--accelerator=*) take_value "$@"; ACCELERATOR=$VALUE ;;
+    --version|--version=*) take_value "$@"; VERSION=$VALUE ;;
+    --create-flag|--create-flag=*) take_value "$@"; CREATE_FLAGS+=("$VALUE") ;;
+    --repo|--repo=*) take_value "$@"; REPO=$VALUE ;;
+    --branch|--branch=*) take_value "$@"; BRANCH=$VALUE ;;
+    --python-version|--python-version=*) take_value "$@"; PYTHON_VERSION=$VALUE ;;
+    --remote-dir|--remote-dir=*) take_value "$@"; REMOTE_DIR=$VALUE ;;
+    --env|--env=*) take_value "$@"
+      [[ $VALUE =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die_usage "--env wants NAME=VALUE, got '$VALUE'"
+      ENVS+=("$VALUE") ;;
+    --session|--session=*) take_value "$@"; SESSION=$VALUE ;;
+    --log|--log=*) take_value "$@"; LOG=$VALUE ;;
+    --worker|--worker=*) take_value "$@"; WORKER=$VALUE ;;
+    --lines|--lines=*) take_value "$@"; LINES=$VALUE ;;
+    *) return 1 ;;
+  esac
 }
 
 require() {  # require VALUE OPTION ENVVAR
@@ -248,12 +197,8 @@ upload_local_code() {
     local pack=(tar -czf "$tarball" -C "$REPO" --null --files-from=-)
     # GNU tar skips a tracked file deleted in the work tree instead of failing (bsdtar, e.g. macOS, has no such flag).
     if tar --version 2>/dev/null | grep -q 'GNU tar'; then pack+=(--ignore-failed-read); fi
-    if ((DRY_RUN)); then
-      printf '+ %s | %s\n' "$(quote_cmd "${list[@]}")" "$(quote_cmd "${pack[@]}")"
-    else
-      printf '+ %s | %s\n' "$(quote_cmd "${list[@]}")" "$(quote_cmd "${pack[@]}")" >&2
-      "${list[@]}" | "${pack[@]}"
-    fi
+    say '+ %s | %s\n' "$(quote_cmd "${list[@]}")" "$(quote_cmd "${pack[@]}")"
+    if ((!DRY_RUN)); then "${list[@]}" | "${pack[@]}"; fi
   else
     run tar -czf "$tarball" --exclude-vcs --exclude=.venv --exclude=__pycache__ --exclude=.pytest_cache --exclude='*.egg-info' \
       --exclude=./workdirs -C "$REPO" .

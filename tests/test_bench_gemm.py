@@ -2,10 +2,13 @@
 adds up. Not a timed test (no speed assertions)."""
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 
-from jaxtextgan import bench_gemm
+from benchmarks import bench_gemm
+from cli_helpers import REPO
 from jaxtextgan.models import gpt2
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -68,3 +71,10 @@ def test_bad_arguments_are_refused():
     bench_gemm.parse_args(["--size=gpt3"])
   with pytest.raises(SystemExit):
     bench_gemm.parse_args(["--vocab=-1"])
+
+
+def test_runs_as_a_module_from_the_repository_root():
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_gemm", "--help"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "python -m benchmarks.bench_gemm" in proc.stdout and "--dtype" in proc.stdout

@@ -3,10 +3,12 @@
 import json
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 
 from jaxtextgan.data import classification as cls
+from jaxtextgan.data import text_files
 from jaxtextgan.errors import InputError
 
 
@@ -213,9 +215,9 @@ def test_csv_and_tsv(tmp_path):
     encoding="utf-8")
   (tmp_path / "test.tsv").write_text("sentence\ttopic\nhi there\tgreet\nsee you\tbye\n", encoding="utf-8")
   (tmp_path / "more.csv").write_text("text\nextra one\nextra two\n", encoding="utf-8")
-  rows = cls.read_csv(tmp_path / "train.csv")
+  rows = text_files.read_csv(tmp_path / "train.csv")
   assert rows[0] == ("hello, world", "greet", 2) and rows[2][1] is None and rows[3] == ("multi\nline", "greet", 5)
-  tsv = cls.read_csv(tmp_path / "test.tsv", text_column="sentence", label_column="topic")
+  tsv = text_files.read_csv(tmp_path / "test.tsv", text_column="sentence", label_column="topic")
   assert tsv == [("hi there", "greet", 2), ("see you", "bye", 3)]
   (tmp_path / "test.csv").write_text("text,label\nhi there,greet\nsee you,bye\n")
   data = cls.load_files(tmp_path / "train.csv", tmp_path / "test.csv", unlabeled=tmp_path / "more.csv")
@@ -262,19 +264,51 @@ def test_file_errors(tmp_path):
     cls.load_files(no_labels, train)
   ragged = write("ragged.csv", 'text,label\n"a\nb",x\n\nb,y,extra\n')
   with pytest.raises(InputError, match=r"ragged\.csv line 5 has 3 fields"):
-    cls.read_csv(ragged)
+    text_files.read_csv(ragged)
   with pytest.raises(InputError, match="no column 'sentence'"):
-    cls.read_csv(train, text_column="sentence")
+    text_files.read_csv(train, text_column="sentence")
   with pytest.raises(InputError, match="no column 'topic'"):
-    cls.read_csv(train, label_column="topic")
+    text_files.read_csv(train, label_column="topic")
   with pytest.raises(InputError, match="is empty"):
-    cls.read_csv(write("empty.csv", ""))
+    text_files.read_csv(write("empty.csv", ""))
   bad_json = write("bad.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label}\n')
   with pytest.raises(InputError, match=r"bad\.jsonl line 2 is not valid JSON"):
-    cls.read_jsonl(bad_json)
+    text_files.read_jsonl(bad_json)
   with pytest.raises(InputError, match=r"list\.jsonl line 1 is a JSON list"):
-    cls.read_jsonl(write("list.jsonl", '["a", "x"]\n'))
+    text_files.read_jsonl(write("list.jsonl", '["a", "x"]\n'))
   with pytest.raises(InputError, match=r"notext\.jsonl line 1 has no string field 'text'"):
-    cls.read_jsonl(write("notext.jsonl", '{"body": "a", "label": "x"}\n'))
+    text_files.read_jsonl(write("notext.jsonl", '{"body": "a", "label": "x"}\n'))
   with pytest.raises(InputError, match="duplicates"):
     cls.load_files(train, train, label_names=["x", "x"])
+
+
+# ------------------------------------------------------------------------------- configured data and batches
+
+
+def test_configured_data_caps_unlabeled_rows_and_counts_classes(tmp_path):
+  rows = [(f"text {i}", "ab"[i % 2] if i < 4 else "") for i in range(24)]
+  train = tmp_path / "train.csv"
+  train.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8")
+  (tmp_path / "test.csv").write_text("text,label\nx,a\n", encoding="utf-8")
+  data_cfg = ml_collections.ConfigDict(dict(
+    source="files", train_file=str(train), test_file=str(tmp_path / "test.csv"), unlabeled_file="",
+    text_column="text", label_column="label", label_names="", unlabeled_multiplier=3, max_unlabeled=0))
+  data = cls.load_data(data_cfg, seed=0)
+  assert len(data.labeled) == 4 and len(data.unlabeled) == 12  # |U| <= 3 |L| of the 20 unlabeled rows
+  assert set(data.unlabeled.texts) < {t for t, y in rows if not y}
+  assert cls.load_data(data_cfg, seed=0).unlabeled.texts == data.unlabeled.texts  # a function of the seed
+  assert cls.num_classes(data_cfg) == 2
+  data_cfg.label_names = "a, b, c"
+  assert cls.num_classes(data_cfg) == 3
+  with pytest.raises(InputError, match="experiment.fractions needs data.source='bbc'"):
+    cls.load_data(data_cfg, seed=0, labeled_fraction=0.5)
+
+
+def test_prediction_batches_cover_every_row_once_by_length():
+  mask = (np.arange(8)[None, :] < np.array([8, 2, 5, 1, 3])[:, None]).astype(np.int32)
+  enc = cls.Encoded(np.arange(40).reshape(5, 8).astype(np.int32), mask, np.full(5, cls.UNLABELED, np.int32))
+  order, batches = cls.prediction_batches(enc, 2, pad_multiple=2)
+  assert order.tolist() == [3, 1, 4, 2, 0]  # shortest first
+  assert [b["input_ids"].shape for b in batches] == [(2, 2), (2, 6), (2, 8)]  # cut to the longest row of each
+  ids = np.concatenate([b["input_ids"][:, 0] for b in batches])[:5]
+  np.testing.assert_array_equal(ids, enc.input_ids[order, 0])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxtextgan import sharding as shd
+from jaxtextgan import training
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import dfine
@@ -224,10 +225,10 @@ def _two_stage_steps(stage, shape):
     frozen_sh = {"q0": params_sh, "disc": params_sh}
     state, state_sh = dfine.init_state(MESH_CFG, _mesh_opt(), jax.random.key(2), mesh, params=q0)
     step_fn = dfine.make_finetune_step(q0_graphdef, q0_graphdef, kind="dfine")
-  step = dfine.jit_stage_step(step_fn, mesh, state_sh, frozen_sh, batch_sh, frozen)
+  step = training.jit_step(step_fn, mesh, state_sh, batch_sh, frozen_shardings=frozen_sh)
   losses = []
   for i in range(2):
-    state, metrics = step(state, shd.put_batch(_batch(i), mesh), jax.random.key(3))
+    state, metrics = step(state, frozen, shd.put_batch(_batch(i), mesh), jax.random.key(3))
     losses.append(float(metrics["loss"]))
   # Donating the state left the frozen q0 intact (the fine-tuned state starts from a copy of it).
   np.testing.assert_array_equal(np.asarray(frozen["q0"]["out_bias"].get_value()),
@@ -255,12 +256,13 @@ def test_disc_step_lowers_eq6_loss():
   q0, sh = dfine.init_state(cfg, _opt(), jax.random.key(0), mesh)
   disc, disc_sh = dfine.init_state(cfg, _opt(40, 3e-2), jax.random.key(1), mesh,
                                    params=dfine.zero_output_layer(q0.params))
-  step = dfine.jit_stage_step(dfine.make_disc_step(q0.graphdef), mesh, disc_sh, {"q0": sh.params},
-                              {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")}, {"q0": q0.params})
+  step = training.jit_step(dfine.make_disc_step(q0.graphdef), mesh, disc_sh,
+                           {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")},
+                           frozen_shardings={"q0": sh.params})
   b = shd.put_batch(_batch(0), mesh)
   first = None
   for _ in range(40):
-    disc, metrics = step(disc, b, jax.random.key(0))
+    disc, metrics = step(disc, {"q0": q0.params}, b, jax.random.key(0))
     first = float(metrics["loss"]) if first is None else first
   assert abs(first - np.log(4.0)) < 1e-5  # r = 1/2 everywhere at the start
   assert float(metrics["loss"]) < first - 0.1

@@ -151,17 +151,13 @@ def test_unigram_bias_init_uses_all_training_blocks_by_default(tmp_path):
   cfg = tiny_config(tmp_path)
   r = common.start(cfg, tmp_path / "work")
   data = task.load_data(r)
-  lm_cfg, disc_cfg, _ = task.model_configs(cfg, data.vocab_size)
-  q0_graphdef = dfine.graphdef_of(lm_cfg)
-  ev = task.Evaluator(r, data, q0_graphdef, dfine.graphdef_of(disc_cfg), 1e-7)
-  _, lm_psh = dfine.param_shardings(lm_cfg, r.mesh)
-  _, disc_psh = dfine.param_shardings(disc_cfg, r.mesh)
-  q0 = dfine.init_state(lm_cfg, task._opt_cfg(cfg.lm), jax.random.key(0), r.mesh)[0].params
+  p = task.plan(cfg, r.mesh, data.vocab_size, data, r.workdir)
+  q0 = dfine.init_state(p.models["lm"], task.opt_cfg(cfg.lm), jax.random.key(0), r.mesh)[0].params
   train = data.blocks["train"]
   for n, blocks in ((0, train), (50, train[:50])):
     cfg.discriminator.bias_init_blocks = n
-    params = task._disc_init(r, data, ev, q0, lm_psh, disc_cfg, disc_psh)
-    mass = dfine.q0_mass(q0_graphdef, q0, {"inputs": blocks[:, :-1], "targets": blocks[:, 1:]})
+    params = task.disc_init(p, q0)
+    mass = dfine.q0_mass(p.graphdefs["lm"], q0, {"inputs": blocks[:, :-1], "targets": blocks[:, 1:]})
     want = dfine.unigram_logit(mass, np.bincount(blocks[:, 1:].ravel(), minlength=data.vocab_size))
-    got = dfine._logits(dfine.graphdef_of(disc_cfg), params, np.zeros((1, 2), np.int32))[0, 0]  # l = the bias
+    got = dfine._logits(p.graphdefs["disc"], params, np.zeros((1, 2), np.int32))[0, 0]  # l = the bias
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)

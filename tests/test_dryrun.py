@@ -15,7 +15,6 @@ from jaxtextgan.objectives import dfine, ganbert
 from jaxtextgan.tasks import dfine as dfine_task
 from jaxtextgan.tasks import gan as gan_task
 from jaxtextgan.tasks import ganbert as ganbert_task
-from jaxtextgan.tasks import lm as lm_task
 from cli_helpers import REPO, cli
 
 
@@ -29,7 +28,7 @@ def lm_config(**model):
 def test_dry_run_reports_exact_params_and_analytic_flops(capsys):
   config = lm_config()
   config.mesh_shape = (1, 2, 4)
-  report = lm_task.dry_run(config)
+  report = dryrun.dry_run(config)["lm"]
   # wte 512*32 + wpe 32*32 + 2 layers * (4*(32*32+32) + 2*2*32 + 32*64+64 + 64*32+32) + final norm 2*32
   per_layer = 4 * (32 * 32 + 32) + 4 * 32 + (32 * 64 + 64) + (64 * 32 + 32)
   assert report["params"] == 512 * 32 + 32 * 32 + 2 * per_layer + 2 * 32
@@ -43,9 +42,9 @@ def test_dry_run_reports_exact_params_and_analytic_flops(capsys):
 def test_fsdp_lowers_per_device_argument_memory():
   config = lm_config()
   config.mesh_shape = (1, 1, 1)
-  single = lm_task.dry_run(config)
+  single = dryrun.dry_run(config)["lm"]
   config.mesh_shape = (1, 8, 1)
-  sharded = lm_task.dry_run(config)
+  sharded = dryrun.dry_run(config)["lm"]
   assert sharded["argument_size_in_bytes"] < 0.5 * single["argument_size_in_bytes"]
   assert len(jax.devices()) == 8
 
@@ -71,17 +70,21 @@ def test_gan_dry_run_compiles_pretraining_and_gan_steps(capsys):
   config.discriminator.update(dict(kind="cnn", widths=(2, 3), filters=8))
   config.gan.update(dict(batch_size=8, n_critic=2, fast_compile=True))
   reports = dryrun.dry_run(config)
-  assert list(reports) == ["pretrain G (MLE)", "GAN step (minimax, n_critic 2)"]
+  assert list(reports) == ["pretrain", "d_warmup", "gan"]
   # The real initial state of the run with this config: G (its GPT-2 is the pre-trained LM) and D.
   data = gan_task.trigram_data(config)
-  state = gan_task.setup(config, data, gan_task.lm_config(config, data), shd.make_mesh((2, 2, 2))).state
-  assert reports["GAN step (minimax, n_critic 2)"]["params"] == _count(state.g.params, state.d.params)
-  assert reports["pretrain G (MLE)"]["params"] == _count(state.g.params["lm"])
-  assert reports["GAN step (minimax, n_critic 2)"]["batch"] == {"real": (8, 2, 6)}
+  init = gan_task.setup(config, data, gan_task.lm_config(config, data)).init
+  state = jax.eval_shape(init, jax.random.key(0))
+  assert reports["gan"]["params"] == _count(state.g.params, state.d.params)
+  assert reports["d_warmup"]["params"] == reports["gan"]["params"]
+  assert reports["pretrain"]["params"] == _count(state.g.params["lm"])
+  assert reports["gan"]["batch"] == {"real": (8, 2, 6)} and reports["d_warmup"]["batch"] == {"real": (8, 1, 6)}
+  # The GAN step runs n_critic D steps and a G step; the warm-up one D step.
+  assert reports["gan"]["flops_per_step"] > 1.5 * reports["d_warmup"]["flops_per_step"]
   for report in reports.values():
     _sane(report, (2, 2, 2))
   out = capsys.readouterr().out
-  assert "[gan GAN step (minimax, n_critic 2)]" in out and "gan pretrain G (MLE): " in out
+  assert "[gan gan]" in out and "gan pretrain: " in out
 
 
 def _tiny_bert_dir(tmp_path):
@@ -102,17 +105,19 @@ def test_ganbert_dry_run_compiles_both_methods_from_the_encoder_config(tmp_path)
   config.model.encoder_dir = str(_tiny_bert_dir(tmp_path))
   config.train.update(dict(steps=5, fast_compile=True))
   reports = dryrun.dry_run(config)
-  assert list(reports) == ["ganbert d_step", "ganbert g_step", "baseline sup_step"]
-  bert_cfg = dryrun.bert_config(config.model, 16)
+  # The experiment's two Stages (one per method), GAN-BERT's steps reported one by one.
+  assert [st.name for st in ganbert_task.dry_run_stages(config, shd.make_mesh((1, 2, 4)))] == ["ganbert", "baseline"]
+  assert list(reports) == ["ganbert d_step", "ganbert g_step", "baseline"]
+  bert_cfg = ganbert_task.encoder_config(config.model, 16)
   assert not bert_cfg.pooler and bert_cfg.hidden_size == 32  # from config.json and the safetensors header
   cfg = ganbert_task.model_config(config.model, 3, "ganbert")
   opt = ganbert_task.optimizer_config(config.optimizer, 5)
-  state, _ = ganbert.init_state(bert_cfg, cfg, opt, opt, jax.random.key(0), shd.make_mesh((1, 2, 4)))
+  state = jax.eval_shape(ganbert.make_state_fn(bert_cfg, cfg, opt, opt), jax.random.key(0))
   assert reports["ganbert d_step"]["params"] == _count(state.d.params, state.g.params)
   assert reports["ganbert g_step"]["params"] == reports["ganbert d_step"]["params"]
   # The baseline: no G, and k outputs instead of k+1.
   hidden = cfg.d_hidden or 32
-  assert reports["baseline sup_step"]["params"] == _count(state.d.params) - (hidden + 1)
+  assert reports["baseline"]["params"] == _count(state.d.params) - (hidden + 1)
   assert reports["ganbert d_step"]["batch"] == {"input_ids": (8, 16), "attention_mask": (8, 16), "labels": (8,)}
   for report in reports.values():
     _sane(report, (1, 2, 4))
@@ -124,15 +129,16 @@ def test_dfine_dry_run_compiles_every_stage_program():
   config.mesh_shape = (2, 2, 2)
   config.data.update(dict(trigram_vocab=30, sentence_len=8, seq_len=8, batch_size=8))
   config.model.update(dict(n_layer=1, d_model=16, n_head=2, d_ff=32, max_len=8))
-  config.finetune.runs = ("initial:disc", "perturbed:disc")  # one program for both (the 'ce' variant: one more)
+  config.finetune.runs = ("initial:disc", "perturbed:disc")
   reports = dryrun.dry_run(config)
-  assert list(reports) == ["stage1_lm", "stage2_disc, stage2_disc_perturbed (eq. 6)",
-                           "stage3_finetune, stage3_finetune_perturbed (dfine, with the discriminator)"]
+  assert list(reports) == ["stage1_lm", "stage2_disc", "stage2_disc_perturbed", "stage3_finetune",
+                           "stage3_finetune_perturbed"]
   lm_cfg, _, _ = dfine_task.model_configs(config, 31)
-  state, _ = dfine.init_state(lm_cfg, dfine_task._opt_cfg(config.lm), jax.random.key(0), shd.make_mesh((2, 2, 2)))
+  state = jax.eval_shape(dfine.make_state_fn(lm_cfg, dfine_task.opt_cfg(config.lm)), jax.random.key(0))
   n = _count(state.params)
-  assert [r["params"] for r in reports.values()] == [n] * 3
-  assert [r.get("frozen_params", 0) for r in reports.values()] == [0, n, 2 * n]
+  assert [r["params"] for r in reports.values()] == [n] * 5
+  # Frozen arguments: none for q0's training, q0 for a discriminator, q0 and the discriminator for fine-tuning.
+  assert [r.get("frozen_params", 0) for r in reports.values()] == [0, n, n, 2 * n, 2 * n]
   for report in reports.values():
     _sane(report, (2, 2, 2))
     assert report["tokens_per_step"] == 64

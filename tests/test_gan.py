@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtextgan import checkpoint
+from jaxtextgan import checkpoint, training
 from jaxtextgan import sharding as shd
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import discriminator as disc_lib
@@ -48,7 +48,8 @@ def _init(shape=(1, 1, 1)):
 def _init_cached(shape):
   mesh = _mesh(shape)
   if shape == (1, 1, 1):
-    state, shardings = gan.init_state(GEN_CFG, LM_CFG, DISC_CFG, OPT, OPT, jax.random.key(0), mesh)
+    state, shardings = training.init_sharded_state(gan.make_state_fn(GEN_CFG, LM_CFG, DISC_CFG, OPT, OPT),
+                                                   jax.random.key(0), mesh)
     return mesh, state, shardings
   base = _init()[1]
   shardings = shd.state_shardings(jax.eval_shape(lambda: base), mesh)
@@ -117,7 +118,7 @@ def _player_steps(loss):
   """Compiled (d_step, g_step) on one device."""
   _, state, _ = _init()
   d_step, g_step, _ = gan.make_steps(_cfg(loss, N_CRITIC[loss]), Z)
-  fast = functools.partial(jax.jit, compiler_options=gan.FAST_COMPILE)
+  fast = functools.partial(jax.jit, compiler_options=training.FAST_COMPILE)
   real = jnp.asarray(_real()[:, 0])
   return tuple(_compile_all([fast(d_step).lower(state, real, jax.random.key(0)),
                              fast(g_step).lower(state, jax.random.key(0))]))
@@ -133,7 +134,8 @@ def _train_steps(loss, shapes):
   for shape in todo:
     mesh, state, shardings = _init(shape)
     _, _, train_step = gan.make_steps(_cfg(loss, N_CRITIC[loss]), Z, mesh)
-    jitted = gan.jit_train_step(train_step, mesh, shardings, donate=False, compiler_options=gan.FAST_COMPILE)
+    jitted = training.jit_step(train_step, mesh, shardings, {"real": shd.batch_sharding(mesh, 3)}, donate=False,
+                               compiler_options=training.FAST_COMPILE)
     lowered.append(jitted.lower(state, shd.put_batch({"real": _real(N_CRITIC[loss])}, mesh), jax.random.key(0)))
   _TRAIN_STEPS.update({(loss, shape): fn for shape, fn in zip(todo, _compile_all(lowered))})
   return [_TRAIN_STEPS[(loss, shape)] for shape in shapes]

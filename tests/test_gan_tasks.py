@@ -14,7 +14,7 @@ import pytest
 
 from jaxtextgan import checkpoint, loop
 from jaxtextgan.data import trigram
-from jaxtextgan.errors import InputError
+from jaxtextgan.errors import InputError, Preempted
 from jaxtextgan.tasks import augment as augment_task
 from jaxtextgan.tasks import gan as gan_task
 from jaxtextgan.tasks import table1 as table1_task
@@ -100,14 +100,13 @@ def test_interrupted_and_resumed_run_gives_the_same_params(finished_run, tmp_pat
   full_dir, _ = finished_run
   calls = {"n": 0}
 
-  def stop_at_60(self):
+  def stop_at_60(self):  # after the D warm-up's steps, at GAN step 60
     calls["n"] += 1
-    return calls["n"] == 60
+    return calls["n"] == tiny_gan_config().gan.d_warmup_steps + 60
 
-  with monkeypatch.context() as patch:
+  with monkeypatch.context() as patch, pytest.raises(Preempted, match=r"\[gan\] SIGTERM: saved step 60 "):
     patch.setattr(loop.PreemptionGuard, "should_stop", stop_at_60)
-    first = gan_task.run(tiny_gan_config(), tmp_path)
-  assert first == {"step": 60, "preempted": True}
+    gan_task.run(tiny_gan_config(), tmp_path)
   resumed = gan_task.run(tiny_gan_config(), tmp_path)
   assert resumed["finished"] and resumed["gan_steps"] == 120
   a, b = _gan_params(full_dir, 120), _gan_params(tmp_path, 120)
@@ -191,7 +190,7 @@ def test_table1_tiny_writes_the_table_with_all_rows(tmp_path):
   c.data.update(dict(source="text", train_file=str(files["train"]), valid_file=str(files["valid"]),
                      test_file=str(files["test"]), seq_len=10, batch_size=8))
   c.width.update(dict(d_model=8, n_head=2, d_ff=16, max_len=12, dropout=0.0))
-  c.lm12.steps = c.lm24.steps = 6
+  c.lm12.train.steps = c.lm24.train.steps = 6
   c.train.update(dict(log_every=3, checkpoint_every=0))
   c.eval.batch_size = 32
   c.sample.update(dict(num=2, length=4))

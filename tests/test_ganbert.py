@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 
 from jaxtextgan import sharding as shd
+from jaxtextgan import training
 from jaxtextgan.data import classification as cls_data
 from jaxtextgan.models import bert
 from jaxtextgan.objectives import ganbert as gb
-from jaxtextgan.tasks import ganbert as task
 
 EPS = 1e-8
 
@@ -115,13 +115,13 @@ def test_labeled_rows_are_replicated_log2_inverse_fraction(n_labeled, n_unlabele
   labeled = cls_data.Examples([f"l{i}" for i in range(n_labeled)], np.arange(n_labeled) % 3)
   unlabeled = cls_data.Examples([f"u{i}" for i in range(n_unlabeled)], np.full(n_unlabeled, -1))
   data = cls_data.ClassificationData(labeled, unlabeled, labeled, ("a", "b", "c"))
-  train = task.training_examples(data, "ganbert")
+  train = cls_data.training_examples(data, "ganbert")
   counts = {t: train.texts.count(t) for t in set(train.texts)}
   assert all(counts[f"l{i}"] == copies for i in range(n_labeled))
   assert all(counts[f"u{i}"] == 1 for i in range(n_unlabeled))
   assert len(train) == copies * n_labeled + n_unlabeled
   assert (train.labels >= 0).sum() == copies * n_labeled
-  assert len(task.training_examples(data, "baseline")) == n_labeled
+  assert len(cls_data.training_examples(data, "baseline")) == n_labeled
 
 
 # ------------------------------------------------------------------------------------------ steps on a tiny BERT
@@ -145,8 +145,16 @@ FAST = {"xla_backend_optimization_level": 0}  # compile time dominates tests of 
 
 
 def _program(mesh, cfg):
-  return gb.program(TINY, cfg, OPT, OPT if cfg.method == "ganbert" else None, mesh, compiler_options=FAST,
-                    donate=False)
+  """(state shardings, initialiser, {name: step}): the steps jitted as `stage.run_stage` jits them
+  (`training.jit_step`), without donation, so a test can reuse a state."""
+  make_state = gb.make_state_fn(TINY, cfg, OPT, OPT if cfg.method == "ganbert" else None)
+  _, shardings = training.abstract_state(make_state, jax.random.key(0), mesh)
+  batch_sh = {"input_ids": shd.batch_sharding(mesh, 2), "attention_mask": shd.batch_sharding(mesh, 2),
+              "labels": shd.batch_sharding(mesh, 1)}
+  d_step, g_step, _, _ = gb.make_steps(cfg, mesh)
+  steps = {fn.__name__: training.jit_step(fn, mesh, shardings, batch_sh, donate=False, compiler_options=FAST)
+           for fn in (d_step, g_step)}
+  return shardings, jax.jit(make_state, out_shardings=shardings), steps
 
 
 def _host(tree):
@@ -167,8 +175,8 @@ CFG = gb.GanBertConfig(num_classes=3)
 @pytest.fixture(scope="module")
 def one_device():
   mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
-  prog = _program(mesh, CFG)
-  return mesh, prog.init_random(jax.random.key(0)), prog.steps
+  _, init, steps = _program(mesh, CFG)
+  return mesh, init(jax.random.key(0)), steps
 
 
 def test_g_step_leaves_encoder_and_d_unchanged_and_d_step_leaves_g_unchanged(one_device):
@@ -256,13 +264,13 @@ def test_steps_give_the_same_losses_and_params_on_a_mesh_as_on_one_device(one_de
   s1, g1 = steps1["g_step"](s1, shd.put_batch(batch, mesh1), rng)
 
   mesh = shd.make_mesh(shape)
-  prog = _program(mesh, CFG)
+  shardings, _, steps = _program(mesh, CFG)
   # The same initial values laid out on the mesh (the static graphdef/optimizer come from the mesh's program).
-  state = jax.tree.unflatten(jax.tree.structure(prog.shardings),
+  state = jax.tree.unflatten(jax.tree.structure(shardings),
                              [jax.device_put(x, sh) for x, sh in zip(jax.tree.leaves(state1),
-                                                                     jax.tree.leaves(prog.shardings))])
-  s, d = prog.steps["d_step"](state, shd.put_batch(batch, mesh), rng)
-  s, g = prog.steps["g_step"](s, shd.put_batch(batch, mesh), rng)
+                                                                     jax.tree.leaves(shardings))])
+  s, d = steps["d_step"](state, shd.put_batch(batch, mesh), rng)
+  s, g = steps["g_step"](s, shd.put_batch(batch, mesh), rng)
   for key in ("d_loss", "d_sup", "d_unsup_real", "d_unsup_fake", "d_grad_norm"):
     assert float(d[key]) == pytest.approx(float(d1[key]), rel=2e-5, abs=1e-6), key
   np.testing.assert_allclose(np.asarray(s.real_features), np.asarray(s1.real_features), rtol=2e-5, atol=1e-6)

@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -15,7 +16,9 @@ from safetensors.numpy import save_file
 
 from conftest import REPO, shared_path
 from jaxtextgan import predict
+from jaxtextgan.data import classification as cls_data
 from jaxtextgan.errors import InputError
+from jaxtextgan.metrics import classification_metrics
 from jaxtextgan.tasks import ganbert as task
 
 TOPICS = {
@@ -91,7 +94,7 @@ def tiny_config(assets, **data):
   return c
 
 
-def test_train_export_predict_and_resume(assets, tmp_path):
+def test_train_export_predict_and_resume(assets, tmp_path, caplog, monkeypatch):
   config = tiny_config(assets)
   workdir = tmp_path / "run"
   result = task.run(config, workdir)
@@ -105,8 +108,13 @@ def test_train_export_predict_and_resume(assets, tmp_path):
   # The exported classifier (encoder + D, no G) labels the test texts exactly as the training run evaluated them.
   meta = json.loads(next((workdir / "classifier").glob("*/meta/metadata")).read_text())
   assert meta["label_names"] == ["food", "sport", "tech"] and meta["model"]["method"] == "ganbert"
-  classifier = predict.load_classifier(workdir)
+  with caplog.at_level(logging.WARNING):
+    classifier = predict.load_classifier(workdir)
+  assert not caplog.records, [r.getMessage() for r in caplog.records]  # nothing a user cannot act on
   assert set(classifier.params.keys()) == {"encoder", "head"}
+  with monkeypatch.context() as m:
+    m.chdir(tmp_path)
+    assert predict.load_classifier("run").label_names == classifier.label_names  # a relative --workdir
   test_rows = [line.rsplit(",", 1) for line in assets["test"].read_text().splitlines()[1:]]
   probs = predict.classify(classifier, [t for t, _ in test_rows], batch_size=8)
   accuracy = np.mean([classifier.label_names[j] == y for j, (_, y) in zip(probs.argmax(-1), test_rows)])
@@ -158,7 +166,7 @@ def test_same_budget_on_the_trec_split():
   each labeled example as often as GAN-BERT's 184 iterations (2 epochs) do."""
   config = _config_module().get_config()
   config.data.trec_dir = str(shared_path("data", "trec"))
-  data = task.load_data(config.data, seed=0)
+  data = cls_data.load_data(config.data, seed=0)
   gan, base = task.plan(config, data, "ganbert"), task.plan(config, data, "baseline")
   assert (gan.replication, gan.n_train, gan.steps) == (5, 5888, 184)
   assert base.steps == 18 and base.labeled_passes == gan.labeled_passes == pytest.approx(10.0)
@@ -167,20 +175,27 @@ def test_same_budget_on_the_trec_split():
 
 def test_batches_are_full_and_a_pure_function_of_the_step():
   n = 10
-  enc = task.Encoded(np.arange(n * 6).reshape(n, 6).astype(np.int32) % 50 + 5,
+  enc = cls_data.Encoded(np.arange(n * 6).reshape(n, 6).astype(np.int32) % 50 + 5,
                      np.tile((np.arange(6) < 3).astype(np.int32), (n, 1)), np.arange(n, dtype=np.int32))
-  batches = [task.batch_at(enc, s, 4, seed=3, pad_multiple=2) for s in range(3)]
+  batches = [cls_data.batch_at(enc, s, 4, seed=3, pad_multiple=2) for s in range(3)]
   assert all(b["labels"].shape == (4,) and b["input_ids"].shape == (4, 4) for b in batches)
   first_epoch = np.concatenate([b["labels"] for b in batches])[:n]
   assert sorted(first_epoch) == list(range(n))  # every row once; the last batch is topped up
-  np.testing.assert_array_equal(task.batch_at(enc, 1, 4, 3, 2)["labels"], batches[1]["labels"])
-  assert not np.array_equal(task.batch_at(enc, 3, 4, 3, 2)["labels"], batches[0]["labels"])  # a new permutation
+  np.testing.assert_array_equal(cls_data.batch_at(enc, 1, 4, 3, 2)["labels"], batches[1]["labels"])
+  assert not np.array_equal(cls_data.batch_at(enc, 3, 4, 3, 2)["labels"], batches[0]["labels"])  # a new permutation
+  # The iterator resumes exactly from its saved state (what a checkpoint's meta records).
+  it = cls_data.Batches(enc, 4, seed=3, pad_multiple=2)
+  next(it), next(it)
+  resumed = cls_data.Batches(enc, 4, seed=3, pad_multiple=2)
+  resumed.restore(json.loads(json.dumps(it.state())))
+  for _ in range(4):
+    np.testing.assert_array_equal(next(resumed)["input_ids"], next(it)["input_ids"])
 
 
 def test_classification_metrics_match_a_hand_count():
   labels = np.array([0, 0, 1, 1, 2, 2])
   preds = np.array([0, 1, 1, 1, 3, 2])
-  m = task.classification_metrics(labels, preds)
+  m = classification_metrics(labels, preds)
   # F1: class 0 = 2/3, class 1 = 4/5, class 2 = 2/3, class 3 (predicted, never true) = 0.
   assert m["accuracy"] == pytest.approx(4 / 6)
   assert m["macro_f1"] == pytest.approx((2 / 3 + 4 / 5 + 2 / 3 + 0) / 4)

@@ -12,7 +12,7 @@ from flax import nnx
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import generator as gen_lib
 from jaxtextgan.models import gpt2
-from jaxtextgan.objectives.gan import FAST_COMPILE
+from jaxtextgan.training import FAST_COMPILE
 
 V, T, Z, B = 13, 6, 4, 3
 LM_CFG = gpt2.GPT2Config(vocab_size=V, max_len=8, n_layer=2, d_model=16, n_head=2, d_ff=32, dropout=0.0)

@@ -400,3 +400,11 @@ def test_bad_invocations_fail_with_one_line(script, args, message):
 def test_help(script):
   out = launch(script, "--help").stdout
   assert out.startswith("Usage: ") and "--dry-run" in out and "--config.KEY=VALUE" in out
+
+
+@pytest.mark.parametrize("script", ["tpu_vm.sh", "gpu.sh", "slurm.sh"])
+def test_scripts_source_common_sh_beside_them_from_any_directory(script, tmp_path):
+  assert 'source "$(dirname "${BASH_SOURCE[0]}")/common.sh"' in (LAUNCH / script).read_text()
+  assert launch(script, "--help", cwd=tmp_path).stdout.startswith(f"Usage: {script} ")
+  proc = launch(script, "--dry-run", "--bogus", cwd=tmp_path, check=False)
+  assert proc.returncode == 2 and proc.stderr == f"{script}: error: unknown option --bogus (see --help)\n"

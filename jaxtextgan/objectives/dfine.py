@@ -26,15 +26,13 @@ never baked into the compiled program as constants.
 from __future__ import annotations
 
 import functools
-import json
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxtextgan import losses, training
 from jaxtextgan import sharding as shd
@@ -182,47 +180,27 @@ def make_tx(opt_cfg) -> optax.GradientTransformation:
   raise InputError(f"optimizer.name={name!r} is unknown: use 'adamw' or 'sgd'")
 
 
-def make_state_fn(model_cfg: gpt2.GPT2Config, opt_cfg):
-  """A pure `rng -> TrainState` initialiser (the LM, the discriminator and the fine-tuned LM share it).
+def make_state_fn(model_cfg: gpt2.GPT2Config, opt_cfg) -> Callable[[Array], training.TrainState]:
+  """A pure `rng -> TrainState` initialiser (the LM, the discriminator and the fine-tuned LM share it)."""
+  return lm.state_fn_with_tx(model_cfg, make_tx(opt_cfg))
 
-  Cached per (model, optimizer config): equal configs give the same optimizer object, so states of different
-  stages have equal tree structures and a jitted step compiled for one serves the other.
+
+def with_params(state: training.TrainState, params) -> training.TrainState:
+  """`state` restarted from a copy of `params` (same tree) with their fresh optimizer state.
+
+  The copy keeps the caller's arrays valid when the train step donates the state (the frozen q0 that the
+  fine-tuned model starts from, for instance).
   """
-  opt_dict = opt_cfg.to_dict() if hasattr(opt_cfg, "to_dict") else dict(opt_cfg)
-  return _make_state_fn(model_cfg, json.dumps(opt_dict, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=32)
-def _make_state_fn(model_cfg: gpt2.GPT2Config, opt_json: str):
-  return lm.state_fn_with_tx(model_cfg, make_tx(json.loads(opt_json)))
-
-
-@functools.lru_cache(maxsize=32)
-def _from_params_fn(make_state, mesh):
-  """(jitted params -> fresh TrainState, state shardings) for one initialiser and mesh."""
-  abstract = jax.eval_shape(make_state, jax.random.key(0))
-  shardings = shd.state_shardings(abstract, mesh)
-
-  def from_params(p):
-    p = jax.tree.map(jnp.copy, p)
-    return training.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=abstract.tx.init(p),
-                               graphdef=abstract.graphdef, tx=abstract.tx)
-
-  return jax.jit(from_params, out_shardings=shardings), shardings
+  params = jax.tree.map(jnp.copy, params)
+  return state.replace(step=jnp.zeros((), jnp.int32), params=params, opt_state=state.tx.init(params))
 
 
 def init_state(model_cfg: gpt2.GPT2Config, opt_cfg, rng, mesh, params=None):
-  """(state, shardings) created in their sharded layout; with `params` (same tree), the state starts from them.
-
-  Given params are copied (and placed on `mesh`), so donating the state in the train step never invalidates the
-  caller's arrays (the frozen q0 that the fine-tuned model starts from, for instance). Starting from params
-  compiles only the optimizer init, not the model's random init.
-  """
-  make_state = make_state_fn(model_cfg, opt_cfg)
-  if params is None:
-    return training.init_sharded_state(make_state, rng, mesh)
-  from_params, shardings = _from_params_fn(make_state, mesh)
-  return from_params(jax.device_put(params, shardings.params)), shardings
+  """(state, shardings) created in their sharded layout; with `params`, the state starts from a copy of them."""
+  state, shardings = training.init_sharded_state(make_state_fn(model_cfg, opt_cfg), rng, mesh)
+  if params is not None:
+    state = jax.jit(with_params, out_shardings=shardings)(state, params)
+  return state, shardings
 
 
 def param_shardings(model_cfg: gpt2.GPT2Config, mesh):
@@ -287,17 +265,19 @@ def set_output_bias(params, word: int, value: float):
   return jax.tree_util.tree_map_with_path(put, params)
 
 
-# --- stage steps ------------------------------------------------------------------------------------------------
+# --- stage steps and evaluation sums ------------------------------------------------------------------------------
 
 
 def _logits(graphdef, params, inputs, dropout_key=None):
   return nnx.merge(graphdef, params)(inputs, dropout_key=dropout_key)
 
 
+@functools.lru_cache(maxsize=None)
 def make_disc_step(q0_graphdef) -> Callable:
   """Discriminator stage: (state, frozen={"q0"}, batch, rng) -> (state, metrics), one optimizer step on eq. (6).
 
   Contexts are the real ones of the batch only (§2.1); q0 runs without dropout, the discriminator with its own.
+  Memoised: equal graphs give the same function, so `training.jit_step` compiles it once for every stage.
   """
   def step(state: training.TrainState, frozen, batch, rng):
     q0_logp = jax.nn.log_softmax(jax.lax.stop_gradient(_logits(q0_graphdef, frozen["q0"], batch["inputs"])), -1)
@@ -316,22 +296,19 @@ def make_disc_step(q0_graphdef) -> Callable:
   return step
 
 
-def make_disc_eval(q0_graphdef) -> Callable:
-  """(state, frozen, batch) -> sums {d_q, d_p, count, r_real, r_model} for the discriminator on real contexts.
+def disc_sums(graphdef, q0_graphdef, params, q0_params, batch) -> dict[str, Array]:
+  """Sums {d_q, d_p, count, r_real, r_model} of eq. (6) for the discriminator on real contexts.
 
   r_real = Σ r(w*|c) over true words, r_model = Σ E_{q0} r(w|c): a good discriminator has r_model > r_real.
   """
-  def evaluate(state, frozen, batch):
-    q0_logp = jax.nn.log_softmax(_logits(q0_graphdef, frozen["q0"], batch["inputs"]), -1)
-    d_logits = _logits(state.graphdef, state.params, batch["inputs"])
-    m = _mask(batch.get("mask"), batch["targets"])
-    _, count, aux = discriminator_loss(d_logits, q0_logp, batch["targets"], m)
-    r = jax.nn.sigmoid(d_logits)
-    return {"d_q": aux["d_q"], "d_p": aux["d_p"], "count": count,
-            "r_real": jnp.sum(_pick(r, batch["targets"]) * m),
-            "r_model": jnp.sum(jnp.sum(jnp.exp(q0_logp) * r, -1) * m)}
-
-  return evaluate
+  q0_logp = jax.nn.log_softmax(_logits(q0_graphdef, q0_params, batch["inputs"]), -1)
+  d_logits = _logits(graphdef, params, batch["inputs"])
+  m = _mask(batch.get("mask"), batch["targets"])
+  _, count, aux = discriminator_loss(d_logits, q0_logp, batch["targets"], m)
+  r = jax.nn.sigmoid(d_logits)
+  return {"d_q": aux["d_q"], "d_p": aux["d_p"], "count": count,
+          "r_real": jnp.sum(_pick(r, batch["targets"]) * m),
+          "r_model": jnp.sum(jnp.sum(jnp.exp(q0_logp) * r, -1) * m)}
 
 
 def summarize_disc_eval(t) -> dict[str, float]:
@@ -340,10 +317,12 @@ def summarize_disc_eval(t) -> dict[str, float]:
           "r_real": float(t["r_real"]) / n, "r_model": float(t["r_model"]) / n, "log4": math.log(4.0)}
 
 
+@functools.lru_cache(maxsize=None)
 def make_finetune_step(q0_graphdef, disc_graphdef=None, *, kind: str = "dfine", eps: float = DEFAULT_EPS) -> Callable:
   """Fine-tune stage: (state, frozen={"q0"[, "disc"]}, batch, rng) -> (state, metrics) on eq. (12) (or a variant).
 
-  Without `disc_graphdef` (or without frozen["disc"]) r ≡ 1/2: the "without discriminator" ablation.
+  Without `disc_graphdef` (or without frozen["disc"]) r ≡ 1/2: the "without discriminator" ablation. Memoised
+  like `make_disc_step`.
   """
   if kind not in LOSSES:
     raise InputError(f"finetune loss {kind!r} is unknown: use one of {', '.join(LOSSES)}")
@@ -370,22 +349,31 @@ def make_finetune_step(q0_graphdef, disc_graphdef=None, *, kind: str = "dfine", 
   return step
 
 
-def make_finetune_eval(q0_graphdef, disc_graphdef=None, *, eps: float = DEFAULT_EPS) -> Callable:
-  """(state, frozen, batch) -> sums for Table 2: nll (CE), rkl (eq. 10-12 estimate Σ t log t at true words),
-  rkl_exact (Σ_w qθ log(qθ/p̂) over the vocabulary) and count. Without a discriminator r ≡ 1/2."""
-  def evaluate(state, frozen, batch):
-    inputs, targets = batch["inputs"], batch["targets"]
-    m = _mask(batch.get("mask"), targets)
-    logits = _logits(state.graphdef, state.params, inputs)
-    q0_logits = _logits(q0_graphdef, frozen["q0"], inputs)
-    d_logits = _logits(disc_graphdef, frozen["disc"], inputs) if disc_graphdef is not None else None
-    _, count, aux = finetune_loss(logits, q0_logits, d_logits, targets, m, kind="dfine", eps=eps)
-    _, _, aux_kl = finetune_loss(logits, q0_logits, d_logits, targets, m, kind="dfine_kl", eps=eps)
-    correct = losses.correct_predictions(logits, targets, m)
-    return {"nll_sum": aux["nll"], "rkl_sum": aux["rkl"], "rkl_exact_sum": aux_kl["rkl"], "count": count,
-            "correct": correct}
+def exact_reverse_kl(logits_BTV: Array, q0_logits_BTV: Array, d_logits_BTV: Array | None,
+                     eps: float = DEFAULT_EPS) -> Array:
+  """KL(qθ ‖ p̂) over the vocabulary per position, p̂ of eq. (8) normalised over V: p̂ ∝ q0 (1 - r)/r.
 
-  return evaluate
+  Eq. (8) sums to 1 only at the optimal discriminator (eq. 7); normalised, the KL is ≥ 0 for any r.
+  """
+  logq_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+  log_phat_BTV = log_p_hat(jax.nn.log_softmax(q0_logits_BTV.astype(jnp.float32), axis=-1), d_logits_BTV, eps)
+  log_phat_BTV = log_phat_BTV - jax.nn.logsumexp(log_phat_BTV, axis=-1, keepdims=True)
+  return jnp.sum(jnp.exp(logq_BTV) * (logq_BTV - log_phat_BTV), axis=-1)
+
+
+def finetune_sums(graphdef, q0_graphdef, disc_graphdef, eps: float, params, q0_params, disc_params,
+                  batch) -> dict[str, Array]:
+  """Sums for Table 2: nll (CE), rkl (the eq. 10-12 estimate Σ t log t at true words), rkl_exact
+  (`exact_reverse_kl`), correct and count. Without `disc_graphdef`, r ≡ 1/2."""
+  inputs, targets = batch["inputs"], batch["targets"]
+  m = _mask(batch.get("mask"), targets)
+  logits = _logits(graphdef, params, inputs)
+  q0_logits = _logits(q0_graphdef, q0_params, inputs)
+  d_logits = _logits(disc_graphdef, disc_params, inputs) if disc_graphdef is not None else None
+  _, count, aux = finetune_loss(logits, q0_logits, d_logits, targets, m, kind="dfine", eps=eps)
+  return {"nll_sum": aux["nll"], "rkl_sum": aux["rkl"], "count": count,
+          "rkl_exact_sum": jnp.sum(exact_reverse_kl(logits, q0_logits, d_logits, eps) * m),
+          "correct": losses.correct_predictions(logits, targets, m)}
 
 
 def summarize_finetune_eval(t) -> dict[str, float]:
@@ -400,39 +388,3 @@ def token_log_probs(graphdef, params, batch) -> Array:
   """log q(w_t | c_t) of every target (B, T), for per-token tables (Table 1)."""
   logits = _logits(graphdef, params, batch["inputs"])
   return losses.token_log_probs(logits, batch["targets"])
-
-
-# --- jit ---------------------------------------------------------------------------------------------------------
-
-
-def jit_stage(step_fn, mesh, state_shardings, frozen_shardings, batch_shardings) -> Callable:
-  """jit with explicit shardings, the state donated: (state, frozen, batch, rng) -> (state, metrics)."""
-  rep = NamedSharding(mesh, P())
-  return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_shardings, rep),
-                 out_shardings=(state_shardings, rep), donate_argnums=(0,))
-
-
-def jit_stage_step(step_fn, mesh, state_shardings, frozen_shardings, batch_shardings, frozen) -> Callable:
-  """`jit_stage` bound to `frozen`: (state, batch, rng) -> (state, metrics), the signature `loop.run` drives."""
-  jitted = jit_stage(step_fn, mesh, state_shardings, frozen_shardings, batch_shardings)
-  return lambda state, batch, rng: jitted(state, frozen, batch, rng)
-
-
-def jit_eval(eval_fn, mesh, state_shardings, frozen_shardings, batch_shardings) -> Callable:
-  rep = NamedSharding(mesh, P())
-  return jax.jit(eval_fn, in_shardings=(state_shardings, frozen_shardings, batch_shardings), out_shardings=rep)
-
-
-def accumulate(eval_jit, state, frozen, batches, put) -> dict[str, float]:
-  """Exact sums of a jitted eval over every batch (padding rows carry mask 0)."""
-  totals: dict[str, float] = {}
-  for batch in batches:
-    out = jax.device_get(eval_jit(state, frozen, put(batch)))
-    for k, v in out.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  return totals
-
-
-def frozen_tree(**params: Any) -> dict:
-  """The frozen argument of the stage steps: only the given (non-None) parameter trees."""
-  return {k: v for k, v in params.items() if v is not None}

@@ -131,11 +131,6 @@ def _make_state_fn(gen_cfg, lm_cfg, disc_cfg, g_opt: tuple, d_opt: tuple):
   return make_state
 
 
-def init_state(gen_cfg, lm_cfg, disc_cfg, g_opt_cfg, d_opt_cfg, rng, mesh):
-  """(state, shardings), each array created directly in its sharded layout."""
-  return training.init_sharded_state(make_state_fn(gen_cfg, lm_cfg, disc_cfg, g_opt_cfg, d_opt_cfg), rng, mesh)
-
-
 def with_lm_params(state: GANState, lm_params, *, discriminator: bool = False) -> GANState:
   """The state with G's GPT-2 (and, with `discriminator`, D's encoder) replaced by LM params (MLE pre-training or
   an LM checkpoint). Adam's moments are zero at init whatever the params, so the optimizer states stay valid."""
@@ -253,18 +248,6 @@ def make_steps(cfg: GANConfig, latent_dim: int, mesh: Mesh | None = None):
     return state.replace(step=state.step + 1), metrics
 
   return d_step, g_step, train_step
-
-
-FAST_COMPILE = training.FAST_COMPILE  # the decode-in-scan GAN step is the slowest to compile
-
-
-def jit_train_step(train_step, mesh: Mesh, state_shardings, *, donate: bool = True,
-                   compiler_options: dict | None = None):
-  """jit with explicit shardings: the state's from its logical axes, the real batch over ('data','fsdp')."""
-  rep = NamedSharding(mesh, P())
-  batch = {"real": NamedSharding(mesh, P(("data", "fsdp"), None, None))}
-  return jax.jit(train_step, in_shardings=(state_shardings, batch, rep), out_shardings=(state_shardings, rep),
-                 donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,14 +1,17 @@
-"""GAN-BERT (Croce et al. 2020): an SS-GAN (Salimans et al. 2016) over BERT sentence vectors, as pure jitted steps.
+"""GAN-BERT (Croce et al. 2020): an SS-GAN (Salimans et al. 2016) over BERT sentence vectors, as pure steps.
 
 Seed paper, sections 2-3. A BERT encoder maps a text x to h = pool(BERT(x)) in R^d; the discriminator D (an MLP
 with one leaky-ReLU hidden layer f(.) and dropout) gives k+1 logits, the last one the "fake" class; the generator G
-(an MLP from z ~ N(0, I_100)) gives fake vectors h_fake in R^d. With p = softmax(D(h)) and eps = 1e-8 (release):
+(an MLP from z ~ N(0, I_100)) gives fake vectors h_fake in R^d (`models.classifier`). With p = softmax(D(h)) and
+eps = 1e-8 (release), the seed's sec. 2 losses are:
 
   L_D,sup   = -E_{(x,y) labeled} log softmax(D(h_x)[:k])_y          cross-entropy over the k real classes only;
                                                                      unlabeled rows are masked out of the mean
   L_D,unsup = -E_{x real} log(1 - p_fake(h_x) + eps) - E_{z} log(p_fake(G(z)) + eps)
   L_D       = L_D,sup + L_D,unsup                                    minimised in (encoder, D)
-  L_G       = -E_z log(1 - p_fake(G(z)) + eps) + || E_x f(h_x) - E_z f(G(z)) ||^2      minimised in G only
+  L_G,unsup = -E_z log(1 - p_fake(G(z)) + eps)
+  L_G,fm    = || E_x f(h_x) - E_z f(G(z)) ||^2                       feature matching
+  L_G       = L_G,unsup + L_G,fm                                     minimised in G only
 
 The feature-matching term is the mean of the squared differences (the release's tf.reduce_mean) or, with
 `feature_matching='sum'`, the paper's squared L2 norm (d_hidden times larger).
@@ -22,24 +25,23 @@ carries it as a constant), so the G-step does not run the encoder again. Dropout
 fold_in(fold_in(rng, step), 0) for D and fold_in(., 1) for G, so a resumed run draws the same keys.
 
 The baseline (`sup_step`) is the same encoder with the same MLP head over k classes, trained by L_D,sup alone.
+Nothing here is jitted: `stage.run_stage` jits the steps, `predict` the prediction.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from jaxtextgan import sharding as shd
 from jaxtextgan import training
 from jaxtextgan.errors import InputError
-from jaxtextgan.models import bert, layers, mlp
+from jaxtextgan.models import bert, classifier
 
 Array = jax.Array
 
@@ -84,38 +86,6 @@ class GanBertConfig:
     return self.num_classes + (1 if self.method == "ganbert" else 0)
 
 
-class Classifier(nnx.Module):
-  """BERT encoder + discriminator head: (logits (B, k[+1]), D's hidden features f (B, d_hidden))."""
-
-  def __init__(self, bert_cfg: bert.BertConfig, cfg: GanBertConfig, *, rngs: nnx.Rngs):
-    d = bert_cfg.hidden_size
-    self.encoder = bert.BertEncoder(bert_cfg, rngs=rngs)
-    self.head = mlp.MLP(d, [cfg.d_hidden or d], cfg.num_outputs, dropout=cfg.dropout, slope=cfg.slope,
-                        in_axis="embed", out_axis="classes", rngs=rngs)
-    self.pooling = cfg.pooling
-    self.dropout = cfg.dropout
-
-  def sentence(self, input_ids_BT: Array, attention_mask_BT: Array, dropout_key: Array | None = None) -> Array:
-    """h (B, d): the pooled sentence vector the head sees."""
-    return self.encoder.encode(input_ids_BT, attention_mask_BT, pooling=self.pooling, dropout_key=dropout_key)
-
-  def discriminate(self, h_BD: Array, dropout_key: Array | None = None) -> tuple[Array, Array]:
-    """D(h): input dropout (as in the release), then the MLP; returns (logits, hidden features)."""
-    in_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
-    return self.head(layers.dropout(h_BD, self.dropout, in_key), dropout_key=mlp_key)
-
-  def __call__(self, input_ids_BT: Array, attention_mask_BT: Array, dropout_key: Array | None = None):
-    enc_key, head_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
-    return self.discriminate(self.sentence(input_ids_BT, attention_mask_BT, enc_key), head_key)
-
-
-def make_generator(bert_cfg: bert.BertConfig, cfg: GanBertConfig, *, rngs: nnx.Rngs) -> mlp.MLP:
-  """G: z (latent_dim) -> Dense -> leaky-ReLU -> dropout -> Dense -> h_fake (d)."""
-  d = bert_cfg.hidden_size
-  return mlp.MLP(cfg.latent_dim, [cfg.g_hidden or d], d, dropout=cfg.dropout, slope=cfg.slope, in_axis="latent",
-                 out_axis="embed", rngs=rngs)
-
-
 @flax.struct.dataclass
 class GanBertState:
   """Encoder+D (`d`: params and AdamW state) and G (`g`, None for the baseline) in one pytree.
@@ -152,7 +122,8 @@ def discriminator_loss(real_logits_BC: Array, fake_logits_FC: Array, labels_B: A
 
 def generator_loss(fake_logits_FC: Array, real_features_BH: Array, fake_features_FH: Array,
                    epsilon: float = 1e-8, feature_matching: str = "mean") -> tuple[Array, dict]:
-  """L_G = -E log(1 - p_fake(G(z)) + eps) + ||E f(real) - E f(G(z))||^2 (section 2), mean or sum over features."""
+  """L_G = L_G,unsup + L_G,fm (section 2): -E log(1 - p_fake(G(z)) + eps) + ||E f(real) - E f(G(z))||^2, the
+  squared norm as a mean (release) or sum (paper) over features."""
   k = fake_logits_FC.shape[-1] - 1
   p_fake_F = jax.nn.softmax(fake_logits_FC.astype(jnp.float32), -1)[:, k]
   unsup = -jnp.mean(jnp.log(1.0 - p_fake_F + epsilon))
@@ -190,79 +161,32 @@ def _player(module: nnx.Module, tx) -> training.TrainState:
                              graphdef=graphdef, tx=tx)
 
 
-def make_state_fn(bert_cfg: bert.BertConfig, cfg: GanBertConfig, d_opt_cfg, g_opt_cfg=None):
-  """A pure `(rng, encoder_params | None) -> GanBertState` initialiser (for `jax.eval_shape` and sharded init).
+def make_classifier(bert_cfg: bert.BertConfig, cfg: GanBertConfig, rngs: nnx.Rngs) -> classifier.Classifier:
+  """Encoder + D with k+1 outputs (GAN-BERT) or k (baseline)."""
+  return classifier.Classifier(bert_cfg, cfg.num_outputs, hidden=cfg.d_hidden, dropout=cfg.dropout, slope=cfg.slope,
+                               pooling=cfg.pooling, rngs=rngs)
 
-  `encoder_params` (an `nnx.State` of the encoder's Params, e.g. from `load_bert`) replaces the random encoder
-  before the optimizer state is built; it is an argument rather than a closure so it is never baked into a
-  compiled program as a constant.
+
+def make_state_fn(bert_cfg: bert.BertConfig, cfg: GanBertConfig, d_opt_cfg, g_opt_cfg=None):
+  """A pure `rng -> GanBertState` initialiser with a random encoder (for `jax.eval_shape` and sharded init).
+
+  Pre-trained encoder weights are set afterwards (`tasks.ganbert.with_encoder`), never closed over, so they are
+  not baked into a compiled program as constants; AdamW's moments start at zero whatever the weights.
   """
   d_tx, _ = training.make_optimizer(d_opt_cfg)
   g_tx = training.make_optimizer(g_opt_cfg or d_opt_cfg)[0] if cfg.method == "ganbert" else None
 
-  def make_state(rng, encoder_params=None):
+  def make_state(rng):
     d_key, g_key = jax.random.split(rng)
-    classifier = Classifier(bert_cfg, cfg, rngs=nnx.Rngs(params=d_key))
-    if encoder_params is not None:
-      nnx.update(classifier.encoder, encoder_params)
+    d = _player(make_classifier(bert_cfg, cfg, nnx.Rngs(params=d_key)), d_tx)
     g, real_features = None, None
     if g_tx is not None:
-      g = _player(make_generator(bert_cfg, cfg, rngs=nnx.Rngs(params=g_key)), g_tx)
+      g = _player(classifier.make_generator(bert_cfg, cfg.latent_dim, hidden=cfg.g_hidden, dropout=cfg.dropout,
+                                            slope=cfg.slope, rngs=nnx.Rngs(params=g_key)), g_tx)
       real_features = jnp.zeros((cfg.d_hidden or bert_cfg.hidden_size,), jnp.float32)
-    return GanBertState(step=jnp.zeros((), jnp.int32), d=_player(classifier, d_tx), g=g,
-                        real_features=real_features)
+    return GanBertState(step=jnp.zeros((), jnp.int32), d=d, g=g, real_features=real_features)
 
   return make_state
-
-
-@dataclasses.dataclass(frozen=True)
-class Program:
-  """Everything compiled for one static setting: the initialiser, the state's shardings and the jitted steps."""
-  make_state: Any
-  shardings: Any
-  init: Any  # (rng, encoder_params) -> state
-  init_random: Any  # rng -> state with a random encoder
-  steps: dict
-
-
-def _freeze(options) -> tuple:
-  return tuple(sorted((dict(options) if options else {}).items()))
-
-
-@functools.lru_cache(maxsize=16)
-def _program(bert_cfg, cfg, d_opt, g_opt, mesh, compiler_options, donate) -> Program:
-  make_state = make_state_fn(bert_cfg, cfg, dict(d_opt), dict(g_opt) if g_opt else None)
-  encoder_abstract = jax.eval_shape(lambda: nnx.state(bert.BertEncoder(bert_cfg, rngs=nnx.Rngs(0)), nnx.Param))
-  abstract = jax.eval_shape(make_state, jax.random.key(0), encoder_abstract)
-  shardings = shd.state_shardings(abstract, mesh)
-  options = dict(compiler_options) or None
-  init = jax.jit(make_state, out_shardings=shardings, compiler_options=options)
-  init_random = jax.jit(lambda rng: make_state(rng, None), out_shardings=shardings, compiler_options=options)
-  steps = jit_steps(cfg, mesh, shardings, donate=donate, compiler_options=options)
-  return Program(make_state, shardings, init, init_random, steps)
-
-
-def program(bert_cfg: bert.BertConfig, cfg: GanBertConfig, d_opt_cfg, g_opt_cfg, mesh: Mesh, *,
-            compiler_options=None, donate: bool = True) -> Program:
-  """The compiled program for this setting, cached in-process: runs that differ only in seed or data (same shapes
-  and schedule) reuse the same compiled steps. Optimizer configs are flat mappings."""
-  return _program(bert_cfg, cfg, _freeze(d_opt_cfg), _freeze(g_opt_cfg), mesh, _freeze(compiler_options), donate)
-
-
-def init_state(bert_cfg: bert.BertConfig, cfg: GanBertConfig, d_opt_cfg, g_opt_cfg, rng, mesh: Mesh,
-               encoder_params=None, *, compiler_options=None):
-  """(state, shardings): shardings from `state_shardings(jax.eval_shape(...))`, arrays created in place.
-
-  Without `encoder_params` the encoder keeps its random initialisation (tests, tiny models).
-  """
-  prog = program(bert_cfg, cfg, d_opt_cfg, g_opt_cfg, mesh, compiler_options=compiler_options)
-  state = prog.init_random(rng) if encoder_params is None else prog.init(rng, encoder_params)
-  return state, prog.shardings
-
-
-def encoder_params(encoder: bert.BertEncoder):
-  """The Params of a (loaded) encoder, in the layout `make_state_fn` expects."""
-  return nnx.state(encoder, nnx.Param)
 
 
 # ------------------------------------------------------------------------------------------------------- steps
@@ -270,9 +194,7 @@ def encoder_params(encoder: bert.BertEncoder):
 
 def _batch_constraint(x: Array, mesh: Mesh | None) -> Array:
   """Pins the leading axis of a value made inside the step (the noise) to ('data','fsdp'), like the real batch."""
-  if mesh is None:
-    return x
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1)))))
+  return x if mesh is None else jax.lax.with_sharding_constraint(x, shd.batch_sharding(mesh, x.ndim))
 
 
 def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
@@ -304,7 +226,8 @@ def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
     return loss, (aux, real_features_BH.astype(jnp.float32).mean(0))
 
   def d_step(state: GanBertState, batch, rng):
-    """Encoder+D <- AdamW(grad of L_D in (encoder, D)); G's params are read behind stop_gradient."""
+    """(encoder, D) <- AdamW(grad of L_D = L_D,sup + L_D,unsup); G's fakes enter behind stop_gradient. Stores
+    E_x f(h_x) of this real batch, the L_G,fm target of the next `g_step`."""
     key = jax.random.fold_in(training.step_rng(rng, state.step), 0)
     g_key, loss_key = jax.random.split(key)
     h_fake = jax.lax.stop_gradient(fakes(state.g.graphdef, state.g.params, g_key, batch["input_ids"].shape[0]))
@@ -325,8 +248,8 @@ def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
                           cfg.feature_matching)
 
   def g_step(state: GanBertState, batch, rng):
-    """G <- AdamW(grad of L_G in G), one fake per row of `batch`; the encoder and D are only read, and the real
-    features are those the preceding D-step stored. Advances `state.step`."""
+    """G <- AdamW(grad in G of L_G = L_G,unsup + L_G,fm), one fake per row of `batch`; the encoder and D are only
+    read, and E_x f(h_x) is the one the preceding D-step stored. Advances `state.step`."""
     key = jax.random.fold_in(training.step_rng(rng, state.step), 1)
     (loss, aux), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g.params, state,
                                                                      batch["input_ids"].shape[0], key)
@@ -339,7 +262,7 @@ def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
     return loss, {"labeled": count, "train_accuracy": _accuracy(logits, batch["labels"])}
 
   def sup_step(state: GanBertState, batch, rng):
-    """Baseline: encoder + head <- AdamW(grad of the cross-entropy over the k classes). Advances `state.step`."""
+    """Baseline: (encoder, head) <- AdamW(grad of L_D,sup over k classes, no fake class). Advances `state.step`."""
     key = jax.random.fold_in(training.step_rng(rng, state.step), 0)
     (loss, aux), grads = jax.value_and_grad(sup_loss_fn, has_aux=True)(state.d.params, state.d.graphdef, batch, key)
     metrics = {"loss": loss, "d_grad_norm": training.tree_l2_norm(grads), **aux}
@@ -351,39 +274,3 @@ def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
     return class_probabilities(logits, k)
 
   return d_step, g_step, sup_step, predict_step
-
-
-def jit_steps(cfg: GanBertConfig, mesh: Mesh, state_shardings, *, donate: bool = True,
-              compiler_options: dict | None = None) -> dict[str, Any]:
-  """The steps jitted with explicit in/out shardings (state from `state_shardings`, batch over ('data','fsdp'))
-  and the old state donated; 'predict' takes (d_params, batch) -> (B, k) probabilities. `compiler_options` are
-  XLA options, e.g. {'xla_backend_optimization_level': 0} halves CPU compile time for small models."""
-  d_step, g_step, sup_step, predict_step = make_steps(cfg, mesh)
-  batch_sh = {"input_ids": shd.batch_sharding(mesh, 2), "attention_mask": shd.batch_sharding(mesh, 2),
-              "labels": shd.batch_sharding(mesh, 1)}
-  rep = shd.replicated(mesh)
-
-  def jit_step(fn):
-    # As training.jit_train_step, plus compiler options.
-    return jax.jit(fn, in_shardings=(state_shardings, batch_sh, rep), out_shardings=(state_shardings, rep),
-                   donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
-
-  out = {"batch_shardings": batch_sh}
-  if cfg.method == "ganbert":
-    out["d_step"], out["g_step"] = jit_step(d_step), jit_step(g_step)
-  else:
-    out["sup_step"] = jit_step(sup_step)
-  graphdef = state_shardings.d.graphdef
-  out["predict"] = jax.jit(lambda params, batch: predict_step(params, graphdef, batch),
-                           in_shardings=(state_shardings.d.params, batch_sh),
-                           out_shardings=shd.batch_sharding(mesh, 2), compiler_options=compiler_options)
-  return out
-
-
-def train_iteration(steps: dict[str, Any], state: GanBertState, batch, rng):
-  """One iteration: GAN-BERT runs D-step then G-step on the batch, the baseline one supervised step."""
-  if "sup_step" in steps:
-    return steps["sup_step"](state, batch, rng)
-  state, d_metrics = steps["d_step"](state, batch, rng)
-  state, g_metrics = steps["g_step"](state, batch, rng)
-  return state, {**d_metrics, **g_metrics}

@@ -55,21 +55,6 @@ def train_step(state: training.TrainState, batch, rng):
   return new_state, metrics
 
 
-def compiler_options() -> dict | None:
-  """XLA options for the LM step: on CPU, LLVM -O1 instead of -O3.
-
-  The step's time is in matmul library calls (unaffected) and memory-bound fusions, so -O1 leaves the step time
-  unchanged while compiling GPT-2 small in 25-50% less time (results/perf.md). Other backends keep their defaults.
-  """
-  return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-
-
-def jit_train_step(mesh, state_shardings, batch_shardings, *, donate: bool = True):
-  """`training.jit_train_step(train_step, ...)` with `compiler_options()`."""
-  return training.jit_train_step(train_step, mesh, state_shardings, batch_shardings, donate=donate,
-                                 compiler_options=compiler_options())
-
-
 def eval_step(state: training.TrainState, batch):
   """Sums for exact corpus-level perplexity and accuracy: {nll_sum, correct, count}."""
   _, (nll_sum, correct, count) = lm_loss(state.params, state.graphdef, batch, None)
@@ -82,13 +67,3 @@ def summarize_eval(totals) -> dict[str, float]:
   nll = float(totals["nll_sum"]) / count
   return {"nll": nll, "perplexity": float(jnp.exp(nll)), "accuracy": float(totals["correct"]) / count,
           "tokens": int(totals["count"])}
-
-
-def evaluate(eval_fn, state, batches, put) -> dict[str, float]:
-  """Runs a jitted eval_step over every batch and reduces exactly (padding rows carry mask 0)."""
-  totals = {"nll_sum": 0.0, "correct": 0.0, "count": 0.0}
-  for batch in batches:
-    out = eval_fn(state, put(batch))
-    for k in totals:
-      totals[k] += float(out[k])
-  return summarize_eval(totals)

@@ -11,8 +11,6 @@ finetune_{none,lm,gan}/ (resumable), results.md, results.json.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import pathlib
 import time
@@ -22,9 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtextgan import checkpoint, loop, sampling, training, writers
-from jaxtextgan import sharding as shd
-from jaxtextgan.data import lm as lm_data
+from jaxtextgan import evaluation, sampling, stage
 from jaxtextgan.errors import InputError
 from jaxtextgan.objectives import gan, lm
 from jaxtextgan.tasks import common
@@ -36,38 +32,10 @@ ARM_NAMES = {"base": "base LM (no fine-tuning)", "none": "fine-tuned on D_real o
              "lm": "fine-tuned on D_real + LM samples (control)", "gan": "fine-tuned on D_real + GAN samples"}
 
 
-# --- configs of the sub-runs ---------------------------------------------------------------------------------------
-
-
-
-def _copy(value):
-  """An unlocked deep copy (the command line locks the config; derived configs add keys)."""
-  if isinstance(value, ml_collections.ConfigDict):
-    return ml_collections.ConfigDict(value.to_dict())
-  return copy.deepcopy(value)
-
-def base_lm_config(config) -> ml_collections.ConfigDict:
-  """A configs/lm.py-style config for training the base LM with `tasks.lm`."""
-  c = ml_collections.ConfigDict()
-  c.objective = "lm"
-  for key in ("seed", "mesh_shape", "data", "tokenizer", "model", "optimizer", "train", "eval", "sample"):
-    c[key] = _copy(config[key])
-  c.optimizer.total_steps = c.train.steps
-  return c
-
-
 def gan_run_config(config, base_dir: pathlib.Path) -> ml_collections.ConfigDict:
-  """config.gan with this run's data, tokenizer and seed; G starts from the base LM and emits seq_len tokens."""
-  c = _copy(config.gan)
-  c.objective = "gan"
-  c.seed = config.seed
-  c.mesh_shape = config.mesh_shape
-  c.data = _copy(config.data)
-  c.data.trigram = _copy(config.gan.data.trigram)
-  c.tokenizer = _copy(config.tokenizer)
+  """config.gan (built in configs/augment.py on this run's data, tokenizer and seed), G starting from the base LM."""
+  c = ml_collections.ConfigDict(config.gan.to_dict())
   c.generator.init_from = str(base_dir)
-  c.generator.length = config.data.seq_len
-  c.pretrain.steps = 0
   return c
 
 
@@ -96,10 +64,10 @@ def _chunks(total: int, size: int):
     yield start, min(size, total - start)
 
 
-def sample_gan(setup: gan_task.Setup, num: int, batch: int, seed: int) -> np.ndarray:
+def sample_gan(setup: gan_task.Setup, state, num: int, batch: int, seed: int) -> np.ndarray:
   """num x T ids: hard Gumbel-Softmax samples of the trained G (one-hots -> argmax ids)."""
-  sampler = gan.make_sampler(setup.gan_cfg, setup.gen_cfg.latent_dim, setup.state.g.graphdef, batch)
-  out = [np.asarray(jax.device_get(sampler(setup.state.g.params, jax.random.key(seed + i))))[:n]
+  sampler = gan.make_sampler(setup.gan_cfg, setup.gen_cfg.latent_dim, state.g.graphdef, batch)
+  out = [np.asarray(jax.device_get(sampler(state.g.params, jax.random.key(seed + i))))[:n]
          for i, (_, n) in enumerate(_chunks(num, batch))]
   return np.concatenate(out).astype(np.int32)
 
@@ -134,74 +102,29 @@ def to_blocks(ids: np.ndarray, tokenizer, bos_id: int, path: pathlib.Path) -> np
 # --- fine-tuning arms ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class FineTuner:
-  """One compiled train/eval step shared by every arm (same template state, so the same jit cache entries)."""
-  run: common.Run
-  config: ml_collections.ConfigDict
-  template: training.TrainState
-  shardings: object
-  base_params: object
-
-  def __post_init__(self):
-    mesh = self.run.mesh
-    self.step_fn = lm.jit_train_step(mesh, self.shardings,
-                                     {k: shd.batch_sharding(mesh) for k in ("inputs", "targets")}, donate=False)
-    self.evaluate = lm_task.make_evaluator(self.run, self.shardings)
-
-  def initial_state(self) -> training.TrainState:
-    return self.template.replace(params=self.base_params)
-
-  def eval_all(self, state, blocks) -> dict:
-    return {split: self.evaluate(state, blocks[split], self.config.eval.batch_size)
-            for split in self.config.augment.splits}
-
-  def train_arm(self, arm: str, train_blocks: np.ndarray, eval_blocks, spec: str, model_dict: dict) -> dict:
-    """Fine-tunes the base LM on `train_blocks` in <workdir>/finetune_<arm> (resumable); returns its metrics."""
-    cfg = self.config
-    adir = self.run.workdir / f"finetune_{arm}"
-    adir.mkdir(exist_ok=True)
-    done = adir / "results.json"
-    if done.exists():
-      previous = json.loads(done.read_text())
-      if previous.get("step") == cfg.augment.steps:
-        return previous
-    state = self.initial_state()
-    batches = lm_data.BatchIterator(train_blocks, cfg.data.batch_size, seed=cfg.seed,
-                                    process_index=jax.process_index(), process_count=jax.process_count())
-    ckpt = checkpoint.Checkpointer(adir / "checkpoints", keep=1)
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-      state, meta, _ = restored
-      batches.restore(meta["data"])
-    meta_fn = lambda: {"data": batches.state(), "model": model_dict, "tokenizer": spec, "objective": "lm",
-                       "arm": arm}
-    writer = writers.MetricWriter(adir)
-    result = loop.run(state=state, step_fn=self.step_fn, batches=batches,
-                      put=lambda b: shd.put_batch(b, self.run.mesh), rng=jax.random.key(cfg.seed + 11),
-                      total_steps=cfg.augment.steps, checkpointer=ckpt, writer=writer, meta_fn=meta_fn,
-                      log_every=cfg.augment.log_every, checkpoint_every=cfg.augment.checkpoint_every,
-                      desc=f"fine-tune [{arm}]")
-    ckpt.close()
-    if result.preempted:
-      writer.close()
-      return {"preempted": True, "step": result.step}
-    out = {"step": result.step, "train_sequences": int(len(train_blocks)), **self.eval_all(result.state, eval_blocks)}
-    for split in cfg.augment.splits:
-      writer.write(result.step, out[split], split)
-    writer.close()
-    common.write_json(done, out)
-    return out
+def arm_stage(run: common.Run, config, arm: str, lm_cfg, ft_opt: dict, base_params, train_blocks, blocks,
+              spec: str) -> stage.Stage:
+  """Fine-tuning arm `arm`: the base LM trained on `train_blocks` in <workdir>/finetune_<arm> (resumable). Every
+  arm starts from the same base parameters, batches seed and keys, so only the data differs."""
+  splits = tuple(config.augment.splits)
+  return lm_task.lm_stage(
+    f"finetune_{arm}", run.workdir / f"finetune_{arm}", lm_cfg, ft_opt, train_blocks, batch_size=config.data.batch_size,
+    seed=config.seed, rng_seed=config.seed + 11, num_steps=config.augment.steps,
+    meta={"tokenizer": spec, "objective": "lm", "arm": arm}, keep=1, log_every=config.augment.log_every,
+    checkpoint_every=config.augment.checkpoint_every, desc=f"fine-tune [{arm}]",
+    # A copy: the train step donates its state, and the next arm starts from the same base parameters.
+    start=lambda s: s.replace(params=jax.tree.map(jnp.copy, base_params)),
+    evaluate=lambda s: lm_task.evaluate_splits(s, blocks, splits, config.eval.batch_size, run.mesh))
 
 
-def base_metrics(base_dir: pathlib.Path, splits, tuner: FineTuner, blocks) -> dict:
+def base_metrics(base_dir: pathlib.Path, splits, graphdef, base_params, blocks, batch_size: int, mesh) -> dict:
   """The base LM's metrics: from its `tasks.lm` results.json when it has every split, else evaluated here."""
   saved = base_dir / "results.json"
   if saved.exists():
     previous = json.loads(saved.read_text())
     if all(isinstance(previous.get(s), dict) and "perplexity" in previous[s] for s in splits):
       return {s: previous[s] for s in splits}
-  return tuner.eval_all(tuner.initial_state(), blocks)
+  return {s: evaluation.lm_metrics(graphdef, base_params, blocks[s], batch_size, mesh) for s in splits}
 
 
 # --- report --------------------------------------------------------------------------------------------------------
@@ -247,20 +170,14 @@ def run(config, workdir) -> dict:
   if not config.lm_workdir:
     finished = base_dir / "results.json"
     if not (finished.exists() and json.loads(finished.read_text()).get("step") == config.train.steps):
-      out = lm_task.run(base_lm_config(config), base_dir)
-      if out.get("preempted"):
-        print(f"SIGTERM: the base LM is saved in {base_dir}; run again to resume", flush=True)
-        return out
+      lm_task.run(config.base_lm, base_dir)
 
   # 2. The GAN, its generator initialised from the base LM.
   gan_cfg = gan_run_config(config, base_dir)
   out = gan_task.run(gan_cfg, r.workdir / "gan")
-  if out.get("preempted"):
-    print(f"SIGTERM: the GAN is saved in {r.workdir / 'gan'}; run again to resume", flush=True)
-    return out
-  setup, data = gan_task.load_trained(gan_cfg, r.workdir / "gan", r.mesh)
+  setup, gan_state, data = gan_task.load_trained(gan_cfg, r.workdir / "gan", r.mesh)
   tokenizer = data.tokenizer
-  blocks = {k: v for k, v in data.lm_blocks.items()}
+  blocks = {k: v for k, v in data.blocks.items()}
   for split in config.augment.splits:
     if split not in blocks:
       raise InputError(f"the corpus has no {split} split: pass data.{split}_file or drop it from augment.splits")
@@ -271,14 +188,14 @@ def run(config, workdir) -> dict:
   if num < 1:
     raise InputError(f"augment.ratio={config.augment.ratio} of {len(real)} real sequences gives an empty sample "
                      "set: raise the ratio")
-  lm_cfg, base_params, _ = gan_task.restore_lm_params(base_dir, data.spec, r.mesh)
+  lm_cfg, base_params, _ = gan_task.restore_lm_params(base_dir, data.tokenizer_spec, r.mesh)
   ft_opt = dict(config.finetune_optimizer)
   ft_opt["total_steps"] = config.augment.steps
-  template, shardings = lm.init_state(lm_cfg, ft_opt, jax.random.key(config.seed), r.mesh)
+  graphdef = jax.eval_shape(lm.make_state_fn(lm_cfg, ft_opt), jax.random.key(0)).graphdef
   length, batch, temp = config.data.seq_len, config.augment.sample_batch, config.augment.temperature
   synthetic = {}
-  for arm, make in (("gan", lambda: sample_gan(setup, num, batch, config.seed + 100)),
-                    ("lm", lambda: sample_lm(template.graphdef, base_params, data.bos_id, num, length, temp, batch,
+  for arm, make in (("gan", lambda: sample_gan(setup, gan_state, num, batch, config.seed + 100)),
+                    ("lm", lambda: sample_lm(graphdef, base_params, data.bos_id, num, length, temp, batch,
                                              config.seed + 200))):
     cache = r.workdir / f"synthetic_{arm}.npy"
     if cache.exists():
@@ -289,22 +206,20 @@ def run(config, workdir) -> dict:
         np.save(cache, synthetic[arm])
 
   # 4. Fine-tuning arms and the base LM, evaluated alike.
-  tuner = FineTuner(r, config, template, shardings, base_params)
-  model_dict = dataclasses.asdict(lm_cfg)
-  arms = {"base": {"train_sequences": 0, **base_metrics(base_dir, config.augment.splits, tuner, blocks)}}
+  arms = {"base": {"train_sequences": 0, **base_metrics(base_dir, config.augment.splits, graphdef, base_params,
+                                                        blocks, config.eval.batch_size, r.mesh)}}
   for arm in ARMS:
     train_blocks = real if arm == "none" else np.concatenate([real, synthetic[arm]])
-    arms[arm] = tuner.train_arm(arm, train_blocks, blocks, data.spec, model_dict)
-    if arms[arm].get("preempted"):
-      print(f"SIGTERM: fine-tuning arm {arm!r} is saved; run again to resume", flush=True)
-      return arms[arm]
+    done = stage.run_stage(arm_stage(r, config, arm, lm_cfg, ft_opt, base_params, train_blocks, blocks, data.tokenizer_spec),
+                           r.mesh).done
+    arms[arm] = {"step": done["step"], "train_sequences": int(len(train_blocks)), **done["eval"]}
   results = {"finished": True, "arms": arms, "splits": list(config.augment.splits), "synthetic": num,
              "ratio": config.augment.ratio, "temperature": temp, "steps": config.augment.steps,
              "real_sequences": int(len(real)), "gan": {k: out.get(k) for k in ("before", "after", "loss")},
              "results_md": str(r.workdir / "results.md"), "wall_seconds": time.perf_counter() - t0}
   if jax.process_index() == 0:
     (r.workdir / "results.md").write_text(table(results) + "\n", encoding="utf-8")
-  common.write_json(r.workdir / "results.json", results)
+  stage.write_json(r.workdir / "results.json", results)
   r.writer.close()
   print(summary(results), flush=True)
   return results

@@ -16,6 +16,7 @@ from jaxtextgan import writers
 from jaxtextgan.data import lm as lm_data
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
+from jaxtextgan.stage import write_json  # noqa: F401  (the tasks' one JSON writer)
 
 
 @dataclasses.dataclass
@@ -65,6 +66,13 @@ def tokenizer_for(run_dir: pathlib.Path, spec: str, train_text, vocab_size: int 
   return tokenizer
 
 
+def build_tokenizer(config, splits=None) -> tok.Tokenizer:
+  """The tokenizer a run would build from the training text, without a workdir (dry runs)."""
+  splits = text_splits(config.data) if splits is None else splits
+  return tok.build_tokenizer(config.tokenizer.spec, corpus_text=splits["train"],
+                             vocab_size=config.tokenizer.get("vocab_size") or None)
+
+
 def lm_blocks(run: Run, data_cfg, tokenizer: tok.Tokenizer, splits=None) -> dict[str, lm_data.LMBlocks]:
   splits = text_splits(data_cfg) if splits is None else splits
   return lm_data.lm_blocks(splits, tokenizer, data_cfg.seq_len, cache_dir=run.workdir / "cache")
@@ -109,8 +117,3 @@ def finished_results(run: Run, steps_key: str, steps: int, summary) -> dict | No
   print(f"{run.workdir} holds a finished run; its results:", flush=True)
   print(summary(previous), flush=True)
   return previous
-
-
-def write_json(path: pathlib.Path, obj) -> None:
-  if jax.process_index() == 0:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

@@ -1,46 +1,42 @@
-"""`objective='dfine'`: fine-tune an LM with a discriminator (Popov & Kudinov), three checkpointed stages.
+"""`objective='dfine'`: fine-tune an LM with a discriminator (Popov & Kudinov), three kinds of `stage.Stage`.
 
   stage1_lm/         the initial LM q0, trained on cross-entropy (or taken from `init_lm.workdir`)
   stage2_disc/       the discriminator r of eq. (6) against q0, on real contexts (stage2_disc_perturbed/ for the
                      perturbed model of §3 when `perturb.enabled`)
   stage3_finetune*/  the LM fine-tuned from q0 on eq. (12) (or a variant: `finetune.runs`)
 
-Every stage lives in its own subdirectory of the workdir with its checkpoints, metrics.jsonl and, once finished, a
-done.json holding its final evaluation. Rerunning the same command skips finished stages (their parameters are
-restored from their last checkpoint) and resumes an unfinished one from its newest checkpoint and data position.
-A finished stage whose configured `steps` grew is continued to the new count.
-
-Data: `data.source` 'ptb' / 'text' (word blocks, Table 2 style) or 'trigram' (the synthetic corpus of Appendix A
-with exact p, Table 1 and Figure 1). A report (Markdown table, PNG) is written at the end.
+`stage.run_stage` trains each one in its own subdirectory (checkpoints, metrics.jsonl, done.json with its final
+evaluation), skips a finished stage and resumes an unfinished one. After the stages this recipe computes every
+number of the report (Table 1 on the trigram corpus of Appendix A with exact p, or Table 2 on text; Figure 1's
+curves) into the results dict, which `reports.dfine` renders.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import pathlib
 import shutil
-import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxtextgan import checkpoint, loop, writers
-from jaxtextgan import sharding as shd
+from jaxtextgan import checkpoint, evaluation, stage, training
 from jaxtextgan import tokenizers as tok
+from jaxtextgan.data import corpus
 from jaxtextgan.data import lm as lm_data
+from jaxtextgan.data import trigram as tg
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import dfine
-from jaxtextgan.objectives import lm as lm_obj
+from jaxtextgan.reports import dfine as report
 from jaxtextgan.tasks import common
+from jaxtextgan.tasks import dfine_numbers as numbers
+from jaxtextgan.tasks import lm as lm_task
 
 STAGE_LM = "stage1_lm"
 STAGE_DISC = "stage2_disc"
@@ -51,89 +47,38 @@ VARIANTS = ("disc", "nodisc", "ce")
 _NON_ARCH_FIELDS = ("dropout", "remat", "dtype")
 
 
-# Jitted functions shared by stages (and by repeated runs in one process): equal keys mean equal programs, so
-# e.g. the two discriminators, or the fine-tune runs of one loss, compile once.
-_JITS: dict = {}
+# --- data and configs ------------------------------------------------------------------------------------------
 
 
-def _cached(key, build: Callable):
-  if key not in _JITS:
-    _JITS[key] = build()
-  return _JITS[key]
+def _init_lm_tokenizer(cfg) -> tok.Tokenizer:
+  """The tokenizer of the LM workdir named by `init_lm.workdir`: its vocabulary is the one to use."""
+  saved = pathlib.Path(cfg.init_lm.workdir) / "tokenizer"
+  if not saved.is_dir():
+    raise InputError(f"init_lm.workdir={cfg.init_lm.workdir} has no tokenizer/ folder: point it to an LM workdir "
+                     "(python -m jaxtextgan.main --config=configs/lm.py) or leave it empty to train stage 1 here")
+  return tok.load_tokenizer(saved)
 
 
-class Preempted(Exception):
-  """SIGTERM arrived; the running stage saved a checkpoint."""
-
-
-# --- data ------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Data:
-  """Blocks (n, T+1) per split as int32 arrays, the vocabulary, and trigram extras (exact p) when synthetic."""
-  blocks: dict[str, np.ndarray]
-  vocab_size: int
-  tokenizer_spec: str
-  trigram: Any = None  # the TrigramLM
-  sentences: dict[str, np.ndarray] | None = None
-  test_log_p: np.ndarray | None = None
-
-
-def _trigram_data(run: common.Run, dcfg) -> Data:
-  from jaxtextgan.data import trigram as tg
-  lm = tg.TrigramLM(seed=int(dcfg.trigram_seed), vocab_size=int(dcfg.trigram_vocab),
-                    sentence_len=int(dcfg.sentence_len))
-  sizes = {"train": int(dcfg.train_sentences), "valid": int(dcfg.valid_sentences), "test": int(dcfg.test_sentences)}
-  key = json.dumps([repr(lm), sizes, int(dcfg.corpus_seed)])
-  path = run.workdir / "cache" / f"trigram-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-  if path.is_file():
-    with np.load(path) as z:
-      sentences = {k: z[k] for k in sizes}
-      test_log_p = z["test_log_p"]
-  else:
-    sentences = lm.corpus(seed=int(dcfg.corpus_seed), sizes=sizes)
-    test_log_p = lm.log_prob(sentences["test"])
-    if run.is_main:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      np.savez(path, test_log_p=test_log_p, **sentences)
-  if int(run.config.data.seq_len) != lm.sentence_len:
-    raise InputError(f"data.seq_len={run.config.data.seq_len} differs from data.sentence_len={lm.sentence_len}: "
-                     "a trigram block is one sentence, so set both to the same value")
-  blocks = {}
-  for name, sents in sentences.items():
-    inputs, targets = lm.lm_blocks(sents)
-    blocks[name] = np.concatenate([inputs[:, :1], targets], axis=1)  # [S, w1..wL]
-  return Data(blocks=blocks, vocab_size=lm.vocab_size + 1, tokenizer_spec=f"trigram:{lm!r}", trigram=lm,
-              sentences=sentences, test_log_p=test_log_p)
-
-
-def _text_data(run: common.Run, cfg) -> Data:
-  splits = common.text_splits(cfg.data)
-  init_dir = cfg.init_lm.workdir
-  if init_dir:
-    # The initial LM's vocabulary is the one to use: load its tokenizer.
-    saved = pathlib.Path(init_dir) / "tokenizer"
-    if not saved.is_dir():
-      raise InputError(f"init_lm.workdir={init_dir} has no tokenizer/ folder: point it to an LM workdir "
-                       "(python -m jaxtextgan.main --config=configs/lm.py) or leave it empty to train stage 1 here")
-    tokenizer = tok.load_tokenizer(saved)
-  else:
-    tokenizer = common.tokenizer_for(run.workdir, cfg.tokenizer.spec, splits["train"],
-                                     cfg.tokenizer.get("vocab_size") or None)
-  blocks = common.lm_blocks(run, cfg.data, tokenizer, splits)
-  return Data(blocks={k: v.blocks for k, v in blocks.items()}, vocab_size=tokenizer.vocab_size,
-              tokenizer_spec=tokenizer.spec)
-
-
-def load_data(run: common.Run) -> Data:
+def load_data(run: common.Run) -> corpus.Corpus:
+  """`data.source` 'trigram' (Appendix A, exact p) or text (word blocks, Table 2 style)."""
   cfg = run.config
   if cfg.data.source == "trigram":
-    return _trigram_data(run, cfg.data)
-  return _text_data(run, cfg)
+    return corpus.trigram_corpus(cfg.data, cfg.data.seq_len, run.workdir / "cache")
+  splits = common.text_splits(cfg.data)
+  tokenizer = _init_lm_tokenizer(cfg) if cfg.init_lm.workdir else common.tokenizer_for(
+    run.workdir, cfg.tokenizer.spec, splits["train"], cfg.tokenizer.get("vocab_size") or None)
+  return corpus.text_corpus(splits, tokenizer, cfg.data.seq_len, run.workdir / "cache")
 
 
-# --- models and checkpoints ------------------------------------------------------------------------------------
+def vocab_size(config) -> int:
+  """The LM's vocabulary without loading the corpus (for dry runs)."""
+  if config.model.vocab_size:
+    return int(config.model.vocab_size)
+  if config.data.source == "trigram":
+    return int(config.data.trigram_vocab) + 1
+  if config.init_lm.workdir:
+    return _init_lm_tokenizer(config).vocab_size
+  return common.build_tokenizer(config).vocab_size
 
 
 def _arch(model: dict) -> dict:
@@ -155,25 +100,24 @@ def check_architecture(meta: dict, model_cfg: gpt2.GPT2Config, where: str, fix: 
 def restore_params(ckpt_dir: pathlib.Path, model_cfg: gpt2.GPT2Config, mesh, step: int):
   """Only the parameters of a saved TrainState (any optimizer), placed with this mesh's shardings."""
   abstract, shardings = dfine.param_shardings(model_cfg, mesh)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  target = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                   shardings)}
   manager = ocp.CheckpointManager(pathlib.Path(ckpt_dir).absolute(), item_names=("state", "meta"),
                                   options=ocp.CheckpointManagerOptions(create=False))
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
-                                   restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=target, partial_restore=True, restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
   finally:
     manager.close()
   return restored["state"]["params"]
 
 
-def model_configs(cfg, vocab_size: int):
+def model_configs(cfg, vocab: int):
   """(LM, discriminator, fine-tuned LM) GPT2Configs; the discriminator is the LM's architecture unless overridden."""
-  lm_cfg = common.model_config(cfg.model, vocab_size)
+  lm_cfg = common.model_config(cfg.model, vocab)
   common.check_seq_len(cfg.data.seq_len, lm_cfg)
-  overrides = dict(cfg.discriminator.get("model_overrides", {}) or {})
   try:
-    disc_cfg = lm_cfg.replace(**overrides)
+    disc_cfg = lm_cfg.replace(**dict(cfg.discriminator.get("model_overrides", {}) or {}))
   except (TypeError, ValueError) as err:
     raise InputError(f"discriminator.model_overrides is invalid: {err}") from None
   if disc_cfg.vocab_size != lm_cfg.vocab_size:
@@ -189,8 +133,7 @@ def model_configs(cfg, vocab_size: int):
                        "untied one: set model.tie_embeddings=False or use discriminator.init='scratch'")
   elif cfg.discriminator.init != "scratch":
     raise InputError(f"discriminator.init={cfg.discriminator.init!r} is unknown: use 'lm' or 'scratch'")
-  ft_cfg = lm_cfg.replace(dropout=float(cfg.finetune.dropout))
-  return lm_cfg, disc_cfg, ft_cfg
+  return lm_cfg, disc_cfg, lm_cfg.replace(dropout=float(cfg.finetune.dropout))
 
 
 def parse_runs(runs) -> list[tuple[str, str]]:
@@ -212,208 +155,169 @@ def stage_name(kind: str, base: str, variant: str = "disc") -> str:
   return {"disc": STAGE_DISC, "ft": STAGE_FT}[kind] + suffix
 
 
-# --- one stage -------------------------------------------------------------------------------------------------
+def opt_cfg(stage_cfg) -> dict:
+  """The stage's optimizer config with total_steps = the stage's steps (the schedule's length)."""
+  return {**stage_cfg.optimizer.to_dict(), "total_steps": int(stage_cfg.steps)}
 
 
-def _opt_cfg(stage_cfg) -> ml_collections.ConfigDict:
-  opt = ml_collections.ConfigDict(stage_cfg.optimizer.to_dict())
-  opt.total_steps = int(stage_cfg.steps)
-  return opt
+def state_fn(model_cfg: gpt2.GPT2Config, stage_cfg):
+  """The stage's pure `rng -> TrainState`, memoised: equal configs share one optimizer object, so their states have
+  equal tree structures and share the compiled steps (`training.jit_step`)."""
+  return _state_fn(model_cfg, json.dumps(opt_cfg(stage_cfg), sort_keys=True))
 
 
-def _put(mesh):
-  return lambda b: shd.put_batch(b, mesh)
+@functools.lru_cache(maxsize=None)
+def _state_fn(model_cfg: gpt2.GPT2Config, opt_json: str):
+  return dfine.make_state_fn(model_cfg, json.loads(opt_json))
 
 
-def run_stage(r: common.Run, data: Data, name: str, *, model_cfg: gpt2.GPT2Config, stage_cfg, make_step: Callable,
-              step_key: tuple, frozen: dict, frozen_sh: dict, init_params, evaluate: Callable, seed: int, meta: dict,
-              probe: Callable | None = None) -> tuple[Any, dict]:
-  """Trains (or resumes, or skips) one stage; returns (final params, done record with the final evaluation).
-
-  `make_step(graphdef)` gives the pure step (`step_key` names its program, for sharing compilations);
-  `evaluate(graphdef, params)` the final metrics; `probe(state, step)`,
-  if given, runs every stage_cfg.probe_every steps and is written to metrics.jsonl as split 'valid'.
-  """
-  stage_dir = r.workdir / name
-  ckpt_dir = stage_dir / "checkpoints"
-  steps = int(stage_cfg.steps)
-  done_path = stage_dir / "done.json"
-  done = json.loads(done_path.read_text()) if done_path.is_file() else None
-  if done is not None and done["step"] >= steps:
-    params = restore_params(ckpt_dir, model_cfg, r.mesh, done["step"])
-    print(f"[{name}] finished at step {done['step']}: skipped", flush=True)
-    return params, done
-
-  t0 = time.perf_counter()
-  if r.is_main:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-  state, shardings = dfine.init_state(model_cfg, _opt_cfg(stage_cfg), jax.random.key(seed), r.mesh,
-                                      params=init_params)
-  data_iter = lm_data.BatchIterator(data.blocks["train"], r.config.data.batch_size, seed=seed,
-                                    process_index=jax.process_index(), process_count=jax.process_count())
-  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=int(r.config.keep_checkpoints))
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state, saved_meta, step = restored
-    common.check_same_model(saved_meta, model_cfg, stage_dir)
-    data_iter.restore(saved_meta["data"])
-    print(f"[{name}] resumed from {ckpt_dir / str(step)} at step {step}", flush=True)
-  model_dict = dataclasses.asdict(model_cfg)
-  meta_fn = lambda: {"data": data_iter.state(), "model": model_dict, "tokenizer": data.tokenizer_spec, **meta}
-  batch_sh = {k: shd.batch_sharding(r.mesh) for k in ("inputs", "targets")}
-  opt_json = json.dumps(_opt_cfg(stage_cfg).to_dict(), sort_keys=True)
-  jitted = _cached(("step", step_key, model_cfg, opt_json, r.mesh, tuple(sorted(frozen))),
-                   lambda: dfine.jit_stage(make_step(state.graphdef), r.mesh, shardings, frozen_sh, batch_sh))
-  step_fn = lambda s, b, k: jitted(s, frozen, b, k)
-  writer = writers.MetricWriter(stage_dir, tensorboard=False)
-  probe_every = int(stage_cfg.get("probe_every", 0) or 0)
-  if probe is not None and probe_every and int(state.step) == 0:
-    writer.write(0, probe(state, 0), "valid")
-  result = loop.run(state=state, step_fn=step_fn, batches=data_iter, put=_put(r.mesh),
-                    rng=jax.random.key(seed + 7919), total_steps=steps, checkpointer=ckpt, writer=writer,
-                    meta_fn=meta_fn, log_every=int(stage_cfg.log_every),
-                    checkpoint_every=int(stage_cfg.checkpoint_every), eval_every=probe_every if probe else 0,
-                    eval_fn=probe, tokens_per_step=r.config.data.batch_size * r.config.data.seq_len, desc=name,
-                    show_progress=bool(r.config.get("progress", True)))
-  ckpt.close()
-  if result.preempted:
-    print(f"[{name}] SIGTERM: saved step {result.step}; run the same command again to resume", flush=True)
-    raise Preempted(name)
-  state = result.state
-  final = evaluate(state.graphdef, state.params)
-  if probe is not None and probe_every:
-    writer.write(result.step, probe(state, result.step), "valid")
-  writer.write(result.step, {k: v for k, v in _flat(final).items()}, "final")
-  writer.close()
-  done = {"step": result.step, "eval": final, "wall_seconds": time.perf_counter() - t0,
-          "train": result.last_metrics}
-  common.write_json(done_path, done)
-  print(f"[{name}] done at step {result.step} in {done['wall_seconds']:.0f} s: "
-        + ", ".join(f"{k}={v:.4g}" for k, v in _flat(final).items() if isinstance(v, float)), flush=True)
-  return state.params, done
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}/"))
-    elif isinstance(v, (int, float)):
-      out[f"{prefix}{k}"] = float(v)
-  return out
-
-
-# --- evaluations -----------------------------------------------------------------------------------------------
-
-
-class Evaluator:
-  """Jitted evaluations on the mesh, compiled once per graph and reused by every stage and row of the report."""
-
-  def __init__(self, r: common.Run, data: Data, q0_graphdef, disc_graphdef, eps: float):
-    self.r, self.data, self.eps = r, data, eps
-    self.mesh = r.mesh
-    self.bs = int(r.config.eval.batch_size)
-    self.q0_graphdef, self.disc_graphdef = q0_graphdef, disc_graphdef
-    self.ft_graphdef = None  # set by `run`: the fine-tuned model's graph (its dropout may differ from q0's)
-
-  def _batches(self, split: str):
-    return lm_data.eval_batches(self.data.blocks[split], self.bs, process_index=jax.process_index(),
-                                process_count=jax.process_count())
-
-  def _jit(self, key, fn):
-    return _cached(("eval", key, self.q0_graphdef, self.disc_graphdef, self.eps, self.mesh), lambda: jax.jit(fn))
-
-  def lm(self, graphdef, params, split: str) -> dict:
-    """Cross-entropy perplexity and accuracy (objectives.lm)."""
-    fn = self._jit(("lm", graphdef), lambda p, b: lm_obj.eval_step(_StateView(graphdef, p), b))
-    totals = {"nll_sum": 0.0, "correct": 0.0, "count": 0.0}
-    for batch in self._batches(split):
-      out = jax.device_get(fn(params, shd.put_batch(batch, self.mesh)))
-      for k in totals:
-        totals[k] += float(out[k])
-    return lm_obj.summarize_eval(totals)
-
-  def disc(self, graphdef, params, q0_params, split: str) -> dict:
-    """Eq. (6) on real contexts of `split`, with its two terms and mean r on real and on q0's words."""
-    ev = dfine.make_disc_eval(self.q0_graphdef)
-    fn = self._jit(("disc", graphdef), lambda p, q0, b: ev(_StateView(graphdef, p), {"q0": q0}, b))
-    totals: dict[str, float] = {}
-    for batch in self._batches(split):
-      out = jax.device_get(fn(params, q0_params, shd.put_batch(batch, self.mesh)))
-      for k, v in out.items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    return dfine.summarize_disc_eval(totals)
-
-  def finetune(self, graphdef, params, q0_params, disc_params, split: str) -> dict:
-    """Table 2 columns: loss (CE + reverse-KL estimate), perplexity, reverse KL (eq. 10-12 and exact over V)."""
-    ev = dfine.make_finetune_eval(self.q0_graphdef, self.disc_graphdef, eps=self.eps)
-    fn = self._jit(("ft", graphdef),
-                   lambda p, q0, d, b: ev(_StateView(graphdef, p), {"q0": q0, "disc": d}, b))
-    totals: dict[str, float] = {}
-    for batch in self._batches(split):
-      out = jax.device_get(fn(params, q0_params, disc_params, shd.put_batch(batch, self.mesh)))
-      for k, v in out.items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    return dfine.summarize_finetune_eval(totals)
-
-  def token_log_probs(self, graphdef, params, split: str) -> np.ndarray:
-    """log q(w_t | c_t) of every target of `split`, (n, T) float64 (padding rows dropped)."""
-    fn = self._jit(("logq", graphdef), lambda p, b: dfine.token_log_probs(graphdef, p, b))
-    rows = []
-    for batch in self._batches(split):
-      out = np.asarray(jax.device_get(fn(params, shd.put_batch(batch, self.mesh))), np.float64)
-      rows.append(out[np.asarray(batch["mask"], bool)])
-    return np.concatenate(rows)
-
-  def table1_row(self, graphdef, params, frequent) -> dict:
-    """Test perplexity on all, frequent and rare words, their ratio, and mean ± std of log q - log p."""
-    from jaxtextgan.data import trigram as tg
-    log_q = self.token_log_probs(graphdef, params, "test")
-    targets = self.data.blocks["test"][:, 1:]
-    row = tg.split_perplexity(log_q, targets, frequent)
-    row["logq_minus_logp_mean"], row["logq_minus_logp_std"] = tg.log_ratio_stats(log_q, self.data.test_log_p)
-    return row
+# --- the plan: what every stage shares -------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
-class _StateView:
-  """What the eval steps read from a TrainState: graphdef and params."""
-  graphdef: Any
-  params: Any
+class Plan:
+  """The checked config, models, their graphs and parameter shardings, and the data (None in a dry run)."""
+  config: Any
+  mesh: Any
+  models: dict[str, gpt2.GPT2Config]  # 'lm' (q0), 'disc', 'ft'
+  runs: list[tuple[str, str]]  # (base, variant) of each fine-tuning stage
+  data: corpus.Corpus | None = None
+  workdir: pathlib.Path | None = None
+
+  def __post_init__(self):
+    self.eps = float(self.config.finetune.eps)
+    self.graphdefs = {k: dfine.graphdef_of(m) for k, m in self.models.items()}
+    shardings = {k: dfine.param_shardings(self.models[k], self.mesh) for k in ("lm", "disc")}
+    self.abstract = {k: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), *v)
+                     for k, v in shardings.items()}
+    self.frozen_shardings = {"q0": shardings["lm"][1], "disc": shardings["disc"][1]}
+    self.disc_bases = [b for b in BASES if any(rb == b for rb, _ in self.runs)]
+
+  def directory(self, name: str) -> pathlib.Path | None:
+    return None if self.workdir is None else self.workdir / name
+
+  def stage_fields(self, stage_cfg) -> dict:
+    """Stage fields every dfine stage takes from the config."""
+    return dict(log_every=int(stage_cfg.log_every), checkpoint_every=int(stage_cfg.checkpoint_every),
+                keep=int(self.config.keep_checkpoints), tensorboard=False,
+                show_progress=bool(self.config.get("progress", True)))
 
 
-def _stage_done(r: common.Run, name: str, stage_cfg) -> bool:
-  path = r.workdir / name / "done.json"
-  return path.is_file() and json.loads(path.read_text())["step"] >= int(stage_cfg.steps)
+def check_options(config) -> list[tuple[str, str]]:
+  """The fine-tuning runs, after checking the loss and eps; raises InputError naming a bad option."""
+  runs = parse_runs(config.finetune.runs)
+  if config.finetune.loss not in dfine.LOSSES or config.finetune.loss == "ce":
+    raise InputError(f"finetune.loss={config.finetune.loss!r} is invalid: use 'dfine' (eq. 12) or 'dfine_kl' (exact "
+                     "reverse KL); plain cross-entropy is the run variant 'ce'")
+  dfine.logit_bound(float(config.finetune.eps))
+  return runs
 
 
-def _disc_init(r: common.Run, data: Data, ev: "Evaluator", q0, q0_sh, disc_cfg, disc_psh):
+def plan(config, mesh, vocab: int, data: corpus.Corpus | None = None, workdir: pathlib.Path | None = None) -> Plan:
+  """The Plan of `config` on `mesh` for a vocabulary of `vocab` words; data and workdir None for a dry run."""
+  runs = check_options(config)
+  lm_cfg, disc_cfg, ft_cfg = model_configs(config, vocab)
+  return Plan(config, mesh, {"lm": lm_cfg, "disc": disc_cfg, "ft": ft_cfg}, runs, data, workdir)
+
+
+# --- stages ----------------------------------------------------------------------------------------------------
+
+
+def lm_stage(p: Plan) -> stage.Stage:
+  """Stage 1: q0 on cross-entropy (`tasks.lm.lm_stage`), with this task's optimizer (AdamW or SGD)."""
+  cfg = p.config
+  b, t = int(cfg.data.batch_size), int(cfg.data.seq_len)
+  blocks = p.data.blocks["train"] if p.data else jax.ShapeDtypeStruct((b, t + 1), np.int32)
+  evaluate = lambda s: {"valid": evaluation.lm_metrics(s.graphdef, s.params, p.data.blocks["valid"],
+                                                       int(cfg.eval.batch_size), p.mesh)}
+  st = lm_task.lm_stage(STAGE_LM, p.directory(STAGE_LM), p.models["lm"], opt_cfg(cfg.lm), blocks, batch_size=b,
+                        seed=cfg.seed, rng_seed=cfg.seed + 7919, num_steps=int(cfg.lm.steps),
+                        meta={"tokenizer": p.data.tokenizer_spec if p.data else "", "objective": "lm"},
+                        evaluate=evaluate, **p.stage_fields(cfg.lm))
+  return dataclasses.replace(st, init=state_fn(p.models["lm"], cfg.lm))
+
+
+def _stage(p: Plan, name: str, kind: str, stage_cfg, step, *, seed: int, frozen: dict, meta: dict,
+           **fields) -> stage.Stage:
+  """A stage of model `kind` ('disc' or 'ft') training `step` on real blocks, with `frozen` parameters."""
+  b, t = int(p.config.data.batch_size), int(p.config.data.seq_len)
+  model_cfg = p.models[kind]
+  return stage.Stage(
+    name=name, init=state_fn(model_cfg, stage_cfg), steps=(step,),
+    batches=lambda: lm_data.BatchIterator(p.data.blocks["train"], b, seed=seed, process_index=jax.process_index(),
+                                          process_count=jax.process_count()),
+    batch_spec=stage.int_batch(inputs=(b, t), targets=(b, t)), num_steps=int(stage_cfg.steps), seed=seed,
+    rng_seed=seed + 7919, directory=p.directory(name),
+    meta={"model": dataclasses.asdict(model_cfg), "tokenizer": p.data.tokenizer_spec if p.data else "", **meta},
+    frozen=frozen, frozen_shardings={k: p.frozen_shardings[k] for k in frozen}, tokens_per_step=b * t,
+    **p.stage_fields(stage_cfg), **fields)
+
+
+def disc_stage(p: Plan, base: str, index: int, q0) -> stage.Stage:
+  """Stage 2: the discriminator of eq. (6) against q0 = `q0` (the initial or the perturbed LM)."""
+  cfg = p.config
+  evaluate = lambda s: {"valid": numbers.disc_metrics(p, s.params, q0)}
+  start = None
+  if cfg.discriminator.init == "lm" or cfg.discriminator.get("bias_init", "zero") != "zero":
+    start = lambda s: _restart(s, disc_init(p, q0))
+  return _stage(p, stage_name("disc", base), "disc", cfg.discriminator, dfine.make_disc_step(p.graphdefs["lm"]),
+                seed=cfg.seed + 100 * (index + 1), frozen={"q0": q0}, meta={"objective": "dfine_disc", "base": base},
+                evaluate=evaluate, start=start)
+
+
+def finetune_stage(p: Plan, base: str, variant: str, index: int, q0, disc, probe=None) -> stage.Stage:
+  """Stage 3: qθ from q0 on eq. (12) ('disc'), with r ≡ 1/2 ('nodisc') or on cross-entropy ('ce'). Its evaluation
+  is Table 2's, with the trained discriminator `disc` for every variant."""
+  cfg = p.config
+  g = p.graphdefs
+  kind = "ce" if variant == "ce" else cfg.finetune.loss
+  use_disc = variant == "disc"
+  step = dfine.make_finetune_step(g["lm"], g["disc"] if use_disc else None, kind=kind, eps=p.eps)
+  splits = [s for s in ("valid", "test") if p.data is not None and s in p.data.blocks]
+  evaluate = lambda s: {split: numbers.finetune_metrics(p, g["ft"], s.params, q0, disc, split) for split in splits}
+  probe_every = int(cfg.finetune.get("probe_every", 0) or 0) if probe is not None else 0
+  return _stage(p, stage_name("ft", base, variant), "ft", cfg.finetune, step, seed=cfg.seed + 1000 * (index + 1),
+                frozen={"q0": q0, "disc": disc} if use_disc else {"q0": q0},
+                meta={"objective": "dfine_finetune", "base": base, "variant": variant, "loss": kind},
+                evaluate=evaluate, start=lambda s: _restart(s, q0), probe=probe, probe_every=probe_every,
+                probe_at_ends=bool(probe_every))
+
+
+def _restart(state, params):
+  """Stage.start: the fresh state restarted from `params`, in the fresh state's layout."""
+  return jax.jit(dfine.with_params, out_shardings=jax.tree.map(lambda x: x.sharding, state))(state, params)
+
+
+def disc_init(p: Plan, q0):
   """The discriminator's starting parameters: q0's with a zeroed output layer (init 'lm'; r = 1/2 everywhere) or
   random ones (init 'scratch'), then, with bias_init 'unigram', the output bias set to the best context-free
   discriminator (dfine.unigram_logit) measured on the first `bias_init_blocks` training blocks (0: all of them;
   few blocks over a large vocabulary give noisy log-odds that are worse than r = 1/2 on held-out data)."""
-  dcfg = r.config.discriminator
-  if q0_sh is not None:
-    params = jax.jit(dfine.zero_output_layer, out_shardings=disc_psh)(q0)
+  dcfg = p.config.discriminator
+  if dcfg.init == "lm":
+    params = jax.jit(dfine.zero_output_layer)(q0)
   else:
-    params = None
+    params = training.init_sharded_state(state_fn(p.models["disc"], dcfg), jax.random.key(p.config.seed + 17),
+                                         p.mesh)[0].params
   if dcfg.get("bias_init", "zero") == "zero":
     return params
   if dcfg.bias_init != "unigram":
     raise InputError(f"discriminator.bias_init={dcfg.bias_init!r} is unknown: use 'zero' or 'unigram'")
-  if not disc_cfg.output_bias:
+  if not p.models["disc"].output_bias:
     raise InputError("discriminator.bias_init='unigram' sets the output bias, but the model has none: set "
                      "model.output_bias=True or discriminator.bias_init='zero'")
-  if params is None:
-    params = dfine.init_state(disc_cfg, _opt_cfg(dcfg), jax.random.key(r.config.seed + 17), r.mesh)[0].params
-  blocks = data.blocks["train"][:int(dcfg.bias_init_blocks) or None]
-  mass_fn = ev._jit(("q0_mass", ev.q0_graphdef), lambda p, b: dfine.q0_mass(ev.q0_graphdef, p, b))
-  mass = np.zeros(data.vocab_size, np.float64)
-  for batch in lm_data.eval_batches(blocks, ev.bs):
-    mass += np.asarray(jax.device_get(mass_fn(q0, shd.put_batch(batch, r.mesh))), np.float64)
-  counts = np.bincount(blocks[:, 1:].ravel(), minlength=data.vocab_size)
-  bias = dfine.unigram_logit(mass, counts)
-  return jax.jit(dfine.set_output_bias_vector, out_shardings=disc_psh)(params, bias)
+  blocks = p.data.blocks["train"][:int(dcfg.bias_init_blocks) or None]
+  counts = np.bincount(blocks[:, 1:].ravel(), minlength=p.data.vocab_size)
+  return jax.jit(dfine.set_output_bias_vector)(params, dfine.unigram_logit(numbers.q0_mass(p, q0, blocks), counts))
+
+
+def dry_run_stages(config, mesh) -> list[stage.Stage]:
+  """The Stages `run` trains, with abstract frozen parameters, for `--dry_run` (no data is loaded)."""
+  p = plan(config, mesh, vocab_size(config))
+  q0, disc = p.abstract["lm"], p.abstract["disc"]
+  stages = [] if config.init_lm.workdir else [lm_stage(p)]
+  stages += [disc_stage(p, base, i, q0) for i, base in enumerate(p.disc_bases)]
+  return stages + [finetune_stage(p, base, variant, i, q0, disc) for i, (base, variant) in enumerate(p.runs)]
 
 
 # --- the command -----------------------------------------------------------------------------------------------
@@ -428,343 +332,92 @@ def init_lm_checkpoint(cfg) -> tuple[pathlib.Path, int] | None:
   if not init_dir:
     return None
   ckpt_dir = pathlib.Path(init_dir) / "checkpoints"
-  if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+  if not ckpt_dir.is_dir() or not any(q.name.isdigit() for q in ckpt_dir.iterdir()):
     raise InputError(f"init_lm.workdir={init_dir} has no stage-1 LM checkpoint in {ckpt_dir}: train it first "
                      "(python -m jaxtextgan.main --config=configs/lm.py --workdir=...) or leave init_lm.workdir "
                      "empty to train stage 1 here")
   return ckpt_dir, checkpoint.read_meta(ckpt_dir)[1]
 
 
-def _perturbation(cfg, data: Data, lm_cfg) -> int | None:
+def _perturbation(p: Plan) -> int | None:
   """The chosen word of §3 (rank `perturb.rank` by training frequency), or None when not perturbing."""
+  cfg = p.config
   if not cfg.perturb.enabled:
+    if any(base == "perturbed" for base, _ in p.runs):
+      raise InputError("finetune.runs uses the 'perturbed' base but perturb.enabled is False: enable it or drop "
+                       "those runs")
     return None
-  if not lm_cfg.output_bias:
+  if not p.models["lm"].output_bias:
     raise InputError("perturb.enabled needs an output bias per word to perturb: set model.output_bias=True")
-  from jaxtextgan.data import trigram as tg
-  words = data.vocab_size - (1 if data.trigram is not None else 0)
+  words = p.data.vocab_size - (1 if p.data.trigram is not None else 0)
   rank = int(cfg.perturb.rank)
   if not 1 <= rank <= words:
     raise InputError(f"perturb.rank={rank} is out of range: use a frequency rank in [1, {words}] (the paper's "
                      "'almost frequent' words are ranks 51-150)")
-  ranking = tg.word_ranking(data.blocks["train"][:, 1:], words)
-  return int(ranking[rank - 1])
+  return int(tg.word_ranking(p.data.blocks["train"][:, 1:], words)[rank - 1])
+
+
+def _initial_lm(p: Plan, r: common.Run, init_lm, out: dict):
+  """q0's parameters: restored from `init_lm.workdir` (checked against this run's model and data), or stage 1."""
+  if init_lm is None:
+    result = stage.run_stage(lm_stage(p), r.mesh)
+    out["stages"][STAGE_LM] = result.done
+    if r.is_main and p.data.trigram is None and (r.workdir / "tokenizer").is_dir():
+      # Stage 1 is then itself an LM workdir that another run can name in init_lm.workdir.
+      shutil.copytree(r.workdir / "tokenizer", r.workdir / STAGE_LM / "tokenizer", dirs_exist_ok=True)
+    return result.state.params
+  ckpt_dir, step = init_lm
+  meta, _ = checkpoint.read_meta(ckpt_dir, step)
+  check_architecture(meta, p.models["lm"], str(ckpt_dir / str(step)),
+                     "set config.model to the architecture it was trained with, or leave init_lm.workdir empty to "
+                     "train stage 1 here")
+  if meta.get("tokenizer") not in (None, p.data.tokenizer_spec):
+    raise InputError(f"init_lm.workdir={p.config.init_lm.workdir} was trained with tokenizer {meta['tokenizer']}, "
+                     f"not {p.data.tokenizer_spec}: use the data and tokenizer it was trained on")
+  print(f"[{STAGE_LM}] initial LM from {ckpt_dir / str(step)}", flush=True)
+  return restore_params(ckpt_dir, p.models["lm"], r.mesh, step)
 
 
 def run(config, workdir) -> dict:
-  """Runs (or resumes) the three stages and writes the report; returns every stage's final evaluation."""
+  """Runs (or resumes) the three stages, computes the report's numbers and writes the report; returns them with
+  every stage's done record. SIGTERM raises `errors.Preempted` after the running stage saved."""
   t0 = time.perf_counter()
-  cfg = config
-  runs = parse_runs(cfg.finetune.runs)
-  if cfg.finetune.loss not in dfine.LOSSES or cfg.finetune.loss == "ce":
-    raise InputError(f"finetune.loss={cfg.finetune.loss!r} is invalid: use 'dfine' (eq. 12) or 'dfine_kl' (exact "
-                     "reverse KL); plain cross-entropy is the run variant 'ce'")
-  eps = float(cfg.finetune.eps)
-  dfine.logit_bound(eps)
-  init_lm = init_lm_checkpoint(cfg)
-  r = common.start(cfg, workdir)
+  check_options(config)
+  init_lm = init_lm_checkpoint(config)
+  r = common.start(config, workdir)
   data = load_data(r)
-  lm_cfg, disc_cfg, ft_cfg = model_configs(cfg, data.vocab_size)
-  if init_lm is not None:
-    meta, _ = checkpoint.read_meta(*init_lm)
-    check_architecture(meta, lm_cfg, str(init_lm[0] / str(init_lm[1])),
-                       "set config.model to the architecture it was trained with, or leave init_lm.workdir empty "
-                       "to train stage 1 here")
-    if meta.get("tokenizer") not in (None, data.tokenizer_spec):
-      raise InputError(f"init_lm.workdir={cfg.init_lm.workdir} was trained with tokenizer {meta['tokenizer']}, "
-                       f"not {data.tokenizer_spec}: use the data and tokenizer it was trained on")
-  chosen = _perturbation(cfg, data, lm_cfg)
-  if any(base == "perturbed" for base, _ in runs) and chosen is None:
-    raise InputError("finetune.runs uses the 'perturbed' base but perturb.enabled is False: enable it or drop "
-                     "those runs")
-
-  mesh = r.mesh
-  _, lm_psh = dfine.param_shardings(lm_cfg, mesh)
-  _, disc_psh = dfine.param_shardings(disc_cfg, mesh)
-  q0_graphdef, disc_graphdef = dfine.graphdef_of(lm_cfg), dfine.graphdef_of(disc_cfg)
-  ev = Evaluator(r, data, q0_graphdef, disc_graphdef, eps)
-  ev.ft_graphdef = dfine.graphdef_of(ft_cfg)
+  p = plan(config, r.mesh, data.vocab_size, data, r.workdir)
+  chosen = _perturbation(p)
   out: dict[str, Any] = {"stages": {}}
-
-  try:
-    # Stage 1: the initial LM q0.
-    if init_lm is not None:
-      ckpt_dir, step = init_lm
-      lm_params = restore_params(ckpt_dir, lm_cfg, mesh, step)
-      print(f"[{STAGE_LM}] initial LM from {ckpt_dir / str(step)}", flush=True)
-    else:
-      lm_params, done = run_stage(
-        r, data, STAGE_LM, model_cfg=lm_cfg, stage_cfg=cfg.lm, frozen={}, frozen_sh={},
-        make_step=lambda g: (lambda s, f, b, k: lm_obj.train_step(s, b, k)), step_key=("lm",), init_params=None,
-        evaluate=lambda g, p: {"valid": ev.lm(g, p, "valid")}, seed=cfg.seed, meta={"objective": "lm"})
-      out["stages"][STAGE_LM] = done
-      if r.is_main and data.trigram is None and (r.workdir / "tokenizer").is_dir():
-        # Stage 1 is then itself an LM workdir that another run can name in init_lm.workdir.
-        shutil.copytree(r.workdir / "tokenizer", r.workdir / STAGE_LM / "tokenizer", dirs_exist_ok=True)
-
-    bases = {"initial": lm_params}
-    if chosen is not None:
-      bases["perturbed"] = jax.jit(lambda p: dfine.set_output_bias(p, chosen, float(cfg.perturb.bias)),
-                                   out_shardings=lm_psh)(lm_params)
-
-    # Stage 2: a discriminator against each q0 that a fine-tune run starts from.
-    discs = {}
-    for i, base in enumerate(b for b in BASES if any(rb == b for rb, _ in runs)):
-      q0 = bases[base]
-      name = stage_name("disc", base)
-      init = None
-      if not _stage_done(r, name, cfg.discriminator):
-        init = _disc_init(r, data, ev, q0, lm_psh if cfg.discriminator.init == "lm" else None, disc_cfg, disc_psh)
-      discs[base], done = run_stage(
-        r, data, name, model_cfg=disc_cfg, stage_cfg=cfg.discriminator, frozen={"q0": q0}, frozen_sh={"q0": lm_psh},
-        make_step=lambda g: dfine.make_disc_step(q0_graphdef), step_key=("disc", lm_cfg), init_params=init,
-        evaluate=lambda g, p, q0=q0: {"valid": ev.disc(g, p, q0, "valid")}, seed=cfg.seed + 100 * (i + 1),
-        meta={"objective": "dfine_disc", "base": base})
-      out["stages"][name] = done
-
-    # Stage 3: fine-tuning runs.
-    finetuned = {}
-    for i, (base, variant) in enumerate(runs):
-      q0, disc = bases[base], discs[base]
-      name = stage_name("ft", base, variant)
-      kind = "ce" if variant == "ce" else cfg.finetune.loss
-      use_disc = variant == "disc"
-      frozen = {"q0": q0, "disc": disc} if use_disc else {"q0": q0}
-      frozen_sh = {"q0": lm_psh, "disc": disc_psh} if use_disc else {"q0": lm_psh}
-      probe = _make_probe(r, data, ev, chosen, q0, disc, base, name) if (
-        chosen is not None and cfg.finetune.get("probe_every", 0)) else None
-      finetuned[(base, variant)], done = run_stage(
-        r, data, name, model_cfg=ft_cfg, stage_cfg=cfg.finetune, frozen=frozen, frozen_sh=frozen_sh,
-        make_step=lambda g, kind=kind, use_disc=use_disc: dfine.make_finetune_step(
-          q0_graphdef, disc_graphdef if use_disc else None, kind=kind, eps=eps),
-        step_key=("ft", lm_cfg, disc_cfg, kind, use_disc, eps), init_params=q0, probe=probe,
-        evaluate=lambda g, p, q0=q0, disc=disc: {s: ev.finetune(g, p, q0, disc, s) for s in ("valid", "test")
-                                                 if s in data.blocks},
-        seed=cfg.seed + 1000 * (i + 1), meta={"objective": "dfine_finetune", "base": base, "variant": variant,
-                                              "loss": kind})
-      out["stages"][name] = done
-  except Preempted:
-    out["preempted"] = True
-    return out
-
-  out["wall_seconds"] = time.perf_counter() - t0
-  report = write_report(r, data, ev, bases, discs, finetuned, runs, chosen, out)
-  out["report"] = report
-  common.write_json(r.workdir / "results.json", out)
+  q0 = _initial_lm(p, r, init_lm, out)
+  bases = {"initial": q0}
+  if chosen is not None:
+    perturb = jax.jit(dfine.set_output_bias, static_argnums=(1, 2), out_shardings=p.frozen_shardings["q0"])
+    bases["perturbed"] = perturb(q0, chosen, float(config.perturb.bias))
+  discs = {}
+  for i, base in enumerate(p.disc_bases):
+    result = stage.run_stage(disc_stage(p, base, i, bases[base]), r.mesh)
+    discs[base], out["stages"][stage_name("disc", base)] = result.state.params, result.done
+  finetuned, probes, evals = {}, {}, {}
+  for i, (base, variant) in enumerate(p.runs):
+    name = stage_name("ft", base, variant)
+    probe = None
+    if chosen is not None and config.finetune.get("probe_every", 0):
+      probe, probes[name] = numbers.make_probe(p, chosen, bases[base], discs[base])
+    result = stage.run_stage(finetune_stage(p, base, variant, i, bases[base], discs[base], probe), r.mesh)
+    finetuned[(base, variant)], evals[(base, variant)] = result.state.params, result.done["eval"]
+    out["stages"][name] = result.done
+  if data.trigram is not None:
+    out["report"] = numbers.table1(p, bases, finetuned, chosen)
+    out["figure1"] = numbers.figure1(r.workdir, {stage_name("ft", *run_): run_ for run_ in p.runs}, probes)
+  else:
+    out["report"] = numbers.table2(p, q0, discs["initial"], evals)
+  out["report"]["discriminators"] = {stage_name("disc", b): out["stages"][stage_name("disc", b)]["eval"]["valid"]
+                                     for b in p.disc_bases}
+  out.update(command=numbers.command(), jax_version=jax.__version__, wall_seconds=time.perf_counter() - t0,
+             devices=f"{len(jax.devices())} {jax.devices()[0].platform} device(s)")
+  report.write(out, config, r.workdir)
+  stage.write_json(r.workdir / "results.json", out)
   r.writer.close()
   print(f"report written; {out['wall_seconds']:.0f} s", flush=True)
   return out
-
-
-# --- Figure 1 probe --------------------------------------------------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _probe_prob(params, graphdef, context, col, word):
-  """qθ(word | context[:col + 1])."""
-  return jax.nn.softmax(dfine._logits(graphdef, params, context)[0, col])[word]
-
-
-def _make_probe(r, data: Data, ev: Evaluator, chosen: int, q0, disc, base: str, name: str):
-  """qθ(chosen | c) at one fixed test context c (Figure 1, right), plus validation perplexity every
-  finetune.valid_every steps (Figure 1, left). c is the test context where the chosen word is most probable
-  under the true p (trigram data), else where q0 gives it the most probability."""
-  inputs = data.blocks["test"][:, :-1]
-  targets = data.blocks["test"][:, 1:]
-  rows, cols = np.nonzero(targets == chosen)
-  if rows.size == 0:
-    return None
-  if data.test_log_p is not None:
-    best = int(np.argmax(data.test_log_p[rows, cols]))
-  else:
-    best = 0
-  row, col = int(rows[best]), int(cols[best])
-  context = jnp.asarray(inputs[row:row + 1])
-  fn = lambda params, graphdef: _probe_prob(params, graphdef, context, col, chosen)
-  valid_every = int(r.config.finetune.get("valid_every", 0) or 0)
-
-  def probe(state, step):
-    out = {"q_chosen": float(fn(state.params, state.graphdef))}
-    if valid_every and step % valid_every == 0:
-      out.update(ev.lm(state.graphdef, state.params, "valid"))
-    return out
-
-  meta = {"row": row, "position": col, "word": chosen}
-  if data.trigram is not None:
-    meta["p_true"] = float(np.exp(data.test_log_p[row, col]))
-  q0_logp = jax.nn.log_softmax(dfine._logits(ev.q0_graphdef, q0, context)[0, col])
-  d_logits = dfine._logits(ev.disc_graphdef, disc, context)[0, col]
-  meta["q0"] = float(jnp.exp(q0_logp[chosen]))
-  meta["p_hat"] = float(jnp.exp(dfine.log_p_hat(q0_logp, d_logits, ev.eps)[chosen]))
-  common.write_json(r.workdir / f"{name}_probe.json", meta) if r.is_main else None
-  return probe
-
-
-# --- report ----------------------------------------------------------------------------------------------------
-
-
-def _command() -> str:
-  argv = sys.argv
-  if argv and argv[0].endswith(("main.py", "jaxtextgan")):
-    return "python -m jaxtextgan.main " + " ".join(argv[1:])
-  return "(called from Python: jaxtextgan.tasks.dfine.run)"
-
-
-def write_report(r, data: Data, ev: Evaluator, bases, discs, finetuned, runs, chosen, out) -> dict:
-  """Table 1 (trigram) or Table 2 (text) as Markdown, in the workdir and at config.report.markdown."""
-  cfg = r.config
-  if data.trigram is not None:
-    rep, md = _table1(r, data, ev, bases, finetuned, runs, chosen, out)
-  else:
-    rep, md = _table2(r, data, ev, bases, discs, finetuned, runs, out)
-  stage_rows = "\n".join(f"| {name} | {s['step']} | {s.get('wall_seconds', 0.0):.0f} |"
-                         for name, s in out["stages"].items())
-  md += ("\n\n### Stages\n\n| stage | steps | wall s (run that finished it) |\n|---|---|---|\n" + stage_rows + "\n")
-  md = (f"Command: `{_command()}`\n\nSeed: {cfg.seed}. "
-        f"Wall time of this invocation: {out['wall_seconds'] / 60:.1f} min "
-        f"(2-core shared CPU; JAX {jax.__version__}, {len(jax.devices())} device(s)).\n\n" + md)
-  title = cfg.report.get("title", "LM fine-tuning with a discriminator")
-  md = f"# {title}\n\n" + md
-  if r.is_main:
-    (r.workdir / "report.md").write_text(md, encoding="utf-8")
-    if cfg.report.get("markdown"):
-      writers.write_report(cfg.report.markdown, md)
-  return rep
-
-
-def _table1(r, data, ev, bases, finetuned, runs, chosen, out):
-  from jaxtextgan.data import trigram as tg
-  cfg = r.config
-  words = data.vocab_size - 1
-  frequent = tg.frequent_ids(data.blocks["train"][:, 1:], int(cfg.report.frequent), words)
-  test = data.blocks["test"][:, 1:]
-  true = tg.split_perplexity(data.test_log_p, test, frequent)
-  rows = [("True distribution p", true, False)]
-  lm_graph = ev.q0_graphdef
-  rows.append(("Initial model", ev.table1_row(lm_graph, bases["initial"], frequent), True))
-  ft_graph = ev.ft_graphdef
-  labels = {"disc": "ftd.", "nodisc": "ftd. without discriminator", "ce": "ftd. with cross-entropy only"}
-  for base in ("initial", "perturbed"):
-    if base == "perturbed" and "perturbed" in bases:
-      rows.append(("Perturbed model", ev.table1_row(lm_graph, bases["perturbed"], frequent), True))
-    for (b, variant), params in finetuned.items():
-      if b == base:
-        rows.append((f"{base.capitalize()} model {labels[variant]}", ev.table1_row(ft_graph, params, frequent), True))
-  lines = ["| Estimating with | Test ppl. | Freq. ppl. | Rare ppl. | Ratio | log q − log p |",
-           "|---|---|---|---|---|---|"]
-  for label, row, has_stats in rows:
-    stats = (f"{row['logq_minus_logp_mean']:.3f} ± {row['logq_minus_logp_std']:.3f}" if has_stats else "")
-    lines.append(f"| {label} | {row['ppl']:.2f} | {row['frequent_ppl']:.2f} | {row['rare_ppl']:.2f} | "
-                 f"{row['ratio']:.1f} | {stats} |")
-  md = "## Table 1 (synthetic trigram data)\n\n" + "\n".join(lines)
-  rep = {"table1": {label: row for label, row, _ in rows}}
-  if chosen is not None:
-    ranking = tg.word_ranking(data.blocks["train"][:, 1:], words)
-    rank = int(np.nonzero(ranking == chosen)[0][0]) + 1
-    log_q = {k: ev.token_log_probs(lm_graph, bases[k], "test") for k in bases}
-    at = test == chosen
-    q_mean = {k: float(np.exp(v[at]).mean()) for k, v in log_q.items()}
-    for (b, variant), params in finetuned.items():
-      q_mean[f"{b}:{variant}"] = float(np.exp(ev.token_log_probs(ft_graph, params, "test")[at]).mean())
-    p_mean = float(np.exp(data.test_log_p[at]).mean())
-    init_ppl = rep["table1"]["Initial model"]["ppl"]
-    pert_ppl = rep["table1"]["Perturbed model"]["ppl"]
-    gap = pert_ppl - init_ppl
-    recovered = {label: (pert_ppl - row["ppl"]) / gap for label, row, _ in rows
-                 if label.startswith("Perturbed model ftd") and gap > 0}
-    md += (f"\n\nChosen word: id {chosen} (training-frequency rank {rank}), output bias set to {cfg.perturb.bias}. "
-           f"Mean probability at its {int(at.sum())} test occurrences: true p {p_mean:.2e}, "
-           + ", ".join(f"{k} {v:.2e}" for k, v in q_mean.items()) + ".\n\n"
-           f"Gap perturbed − initial test ppl: {gap:.2f}; share recovered by fine-tuning: "
-           + ", ".join(f"{k}: {100 * v:.0f}%" for k, v in recovered.items())
-           + " (the paper: (86.01 − 85.63)/(86.01 − 84.89) = 34%).")
-    rep.update({"chosen_word": chosen, "chosen_rank": rank, "q_chosen_mean": q_mean, "p_chosen_mean": p_mean,
-                "gap_recovered": recovered})
-    md += "\n\n" + _figure1(r, finetuned, chosen)
-  disc_lines = [f"| {name} | {s['eval']['valid']['loss']:.4f} | {s['eval']['valid']['d_q']:.4f} | "
-                f"{s['eval']['valid']['d_p']:.4f} | {s['eval']['valid']['r_model']:.4f} | "
-                f"{s['eval']['valid']['r_real']:.4f} |"
-                for name, s in out["stages"].items() if name.startswith(STAGE_DISC)]
-  if disc_lines:
-    md += ("\n\n### Discriminators (validation, eq. 6; log 4 = 1.3863 when q0 = p)\n\n"
-           "| stage | D | D^(q) | D^(p) | E_q0 r | r(w*) |\n|---|---|---|---|---|---|\n" + "\n".join(disc_lines))
-  return rep, md
-
-
-def _figure1(r, finetuned, chosen) -> str:
-  """Figure 1: validation perplexity and qθ(chosen | c) over fine-tuning steps, one curve per run."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  cfg = r.config
-  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-  probe_meta = None
-  for (base, variant) in finetuned:
-    name = stage_name("ft", base, variant)
-    rows = [x for x in writers.read_metrics(r.workdir / name / "metrics.jsonl") if x.get("split") == "valid"]
-    meta_path = r.workdir / f"{name}_probe.json"
-    if not rows or not meta_path.is_file():
-      continue
-    probe_meta = json.loads(meta_path.read_text())
-    label = f"{base}, {'ours (eq. 12)' if variant == 'disc' else variant}"
-    ppl = dict((x["step"], x["perplexity"]) for x in rows if "perplexity" in x)
-    q = dict((x["step"], x["q_chosen"]) for x in rows if "q_chosen" in x)
-    axes[0].plot(sorted(ppl), [ppl[s] for s in sorted(ppl)], marker=".", label=label)
-    axes[1].plot(sorted(q), [q[s] for s in sorted(q)], label=label)
-    if variant == "disc":
-      axes[1].axhline(probe_meta["p_hat"], ls=":", color="gray", label=f"p̂ from the discriminator ({base})")
-  if probe_meta is None:
-    plt.close(fig)
-    return ""
-  if "p_true" in probe_meta:
-    axes[1].axhline(probe_meta["p_true"], ls="--", color="k", label="true p")
-  axes[0].set_title("validation perplexity")
-  axes[1].set_title(f"q(chosen word {chosen} | fixed context)")
-  axes[1].set_yscale("log")
-  for ax in axes:
-    ax.set_xlabel("fine-tuning step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  png = r.workdir / "figure1.png"
-  if r.is_main:
-    fig.savefig(png, dpi=110)
-    if cfg.report.get("figure"):
-      dest = pathlib.Path(cfg.report.figure)
-      dest.parent.mkdir(parents=True, exist_ok=True)
-      shutil.copyfile(png, dest)
-  plt.close(fig)
-  where = cfg.report.get("figure") or str(png)
-  return (f"Figure 1 ({pathlib.Path(where).name}): validation perplexity and the chosen word's probability at test "
-          f"context row {probe_meta['row']}, position {probe_meta['position']} (true p "
-          f"{probe_meta.get('p_true', float('nan')):.2e}, perturbed q0 {probe_meta['q0']:.2e}, discriminator's "
-          f"p̂ {probe_meta['p_hat']:.2e}) over fine-tuning steps.")
-
-
-def _table2(r, data, ev, bases, discs, finetuned, runs, out):
-  """Table 2: validation loss (CE + reverse-KL estimate), validation ppl, reverse KL, test ppl."""
-  q0, disc = bases["initial"], discs["initial"]
-  initial = {s: ev.finetune(ev.q0_graphdef, q0, q0, disc, s) for s in ("valid", "test") if s in data.blocks}
-  rows = [("Initial model", initial)]
-  labels = {"disc": "Without dropout, with discriminator",
-            "nodisc": "Without dropout, without discriminator (r ≡ 1/2)",
-            "ce": "Without dropout, cross-entropy only"}
-  for (base, variant) in finetuned:
-    if base == "initial":
-      rows.append((labels[variant], out["stages"][stage_name("ft", base, variant)]["eval"]))
-  lines = ["| Fine-tuning option | Val. loss | Val. ppl. | Val. rev. KL (eq. 10-12) | Val. rev. KL (exact over V) "
-           "| Test ppl. |", "|---|---|---|---|---|---|"]
-  for label, e in rows:
-    v, t = e["valid"], e.get("test")
-    lines.append(f"| {label} | {v['loss']:.5f} | {v['perplexity']:.2f} | {v['rkl']:.5f} | {v['rkl_exact']:.5f} | "
-                 f"{t['perplexity']:.2f} |" if t else f"| {label} | {v['loss']:.5f} | {v['perplexity']:.2f} | "
-                 f"{v['rkl']:.5f} | {v['rkl_exact']:.5f} | – |")
-  md = ("## Table 2 style (reverse KL estimated with the trained discriminator for every row)\n\n" + "\n".join(lines)
-        + "\n\nVal. loss is the fine-tuning objective eq. (12) on validation: cross-entropy (= log Val. ppl.) "
-        "+ Val. rev. KL (eq. 10-12), in nats per word.")
-  disc_stage = out["stages"].get(STAGE_DISC)
-  if disc_stage:
-    d = disc_stage["eval"]["valid"]
-    md += (f"\n\nDiscriminator (validation): D = {d['loss']:.4f} (log 4 = 1.3863 if q0 = p), D^(q) = {d['d_q']:.4f}, "
-           f"D^(p) = {d['d_p']:.4f}, E_q0 r = {d['r_model']:.4f}, r(w*) = {d['r_real']:.4f}.")
-  return {"table2": {label: e for label, e in rows}}, md

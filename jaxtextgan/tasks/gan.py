@@ -7,99 +7,46 @@ gan_curves.png, results.json. Every phase resumes from its checkpoints; a finish
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import json
 import pathlib
 import time
-from typing import Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxtextgan import checkpoint, loop, metrics, writers
+from jaxtextgan import checkpoint, evaluation, metrics, stage, training, writers
 from jaxtextgan import sharding as shd
+from jaxtextgan.data import corpus
 from jaxtextgan.data import lm as lm_data
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import discriminator as disc_lib
 from jaxtextgan.models import generator as gen_lib
 from jaxtextgan.models import gpt2
-from jaxtextgan.objectives import gan, lm
+from jaxtextgan.objectives import gan
 from jaxtextgan.tasks import common
+from jaxtextgan.tasks import lm as lm_task
 
 # --- data ------------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class GANData:
-  """What the GAN needs from a corpus, whatever its source.
-
-  lm_blocks: {split: int32 (n, seq+1)} for G's MLE pre-training and NLL-test; real: int32 (N, T+1) rows
-  [bos, x_1..x_T] whose targets are the real sequences D sees; references: held-out sentences for BLEU.
-  """
-  spec: str
-  vocab_size: int
-  bos_id: int
-  forbidden_ids: tuple[int, ...]
-  lm_blocks: dict[str, np.ndarray]
-  real: np.ndarray
-  references: list[list[int]]
-  decode: Callable[[np.ndarray], str]
-  sentence: Callable[[np.ndarray], list[int]]
-  oracle: object | None = None
-  tokenizer: object | None = None
-
-
-def _split_sentences(tokens: np.ndarray, eos: int) -> list[list[int]]:
-  """Token stream -> sentences (without eos)."""
-  cuts = np.flatnonzero(tokens == eos)
-  out, start = [], 0
-  for cut in cuts:
-    if cut > start:
-      out.append(tokens[start:cut].tolist())
-    start = cut + 1
-  return out
-
-
-def _windows_after(tokens: np.ndarray, eos: int, length: int) -> np.ndarray:
-  """Rows [eos, x_1..x_T] for every eos that has T tokens after it: sequences that start a sentence, as G's do."""
-  starts = np.flatnonzero(tokens[:-length] == eos)
-  if starts.size == 0:
-    raise InputError(f"the training corpus has no sentence of {length} tokens after an end-of-sentence token: "
-                     "use a longer corpus or a smaller generator.length")
-  return tokens[starts[:, None] + np.arange(length + 1)[None, :]].astype(np.int32)
-
-
-def text_data(workdir: pathlib.Path, cfg) -> GANData:
+def text_data(workdir: pathlib.Path, cfg) -> corpus.Corpus:
   """PTB / text files / TFDS through a tokenizer: G starts after the end-of-sentence token."""
   splits = common.text_splits(cfg.data)
   tokenizer = common.tokenizer_for(workdir, cfg.tokenizer.spec, splits["train"],
-                                     cfg.tokenizer.get("vocab_size") or None)
+                                   cfg.tokenizer.get("vocab_size") or None)
   if tokenizer.eos_id is None:
     raise InputError(f"tokenizer {tokenizer.spec} has no end-of-sequence token: G needs one to start from")
-  blocks = lm_data.lm_blocks(splits, tokenizer, cfg.data.seq_len, cache_dir=workdir / "cache")
-  if "valid" not in blocks:
+  data = corpus.text_corpus(splits, tokenizer, cfg.data.seq_len, workdir / "cache")
+  if "valid" not in data.blocks:
     raise InputError("the corpus has no valid split: BLEU needs held-out sentences, pass data.valid_file")
-  eos = tokenizer.eos_id
-  length = cfg.generator.length
-
-  def sentence(ids):
-    ids = np.asarray(ids)
-    cut = np.flatnonzero(ids == eos)
-    return ids[:cut[0]].tolist() if cut.size else ids.tolist()
-
-  return GANData(spec=tokenizer.spec, vocab_size=tokenizer.vocab_size, bos_id=eos, forbidden_ids=(),
-                 lm_blocks={k: b.blocks for k, b in blocks.items()},
-                 real=_windows_after(blocks["train"].tokens, eos, length),
-                 references=_split_sentences(blocks["valid"].tokens, eos),
-                 decode=lambda ids: tokenizer.decode(ids).replace("\n", " <eos> ").strip(),
-                 sentence=sentence, tokenizer=tokenizer)
+  return data
 
 
-def trigram_data(cfg) -> GANData:
+def trigram_data(cfg) -> corpus.Corpus:
   """The synthetic trigram oracle: word ids 0..V-1 plus the start token V, which G starts from and never emits."""
   from jaxtextgan.data import trigram
   tcfg = cfg.data.trigram
@@ -107,17 +54,26 @@ def trigram_data(cfg) -> GANData:
     raise InputError(f"generator.length={cfg.generator.length} differs from data.trigram.sentence_len="
                      f"{tcfg.sentence_len}: G must generate whole oracle sentences; set them equal")
   oracle = trigram.TrigramLM(seed=tcfg.seed, vocab_size=tcfg.vocab_size, sentence_len=tcfg.sentence_len)
-  corpus = oracle.corpus(sizes={"train": tcfg.train, "valid": tcfg.valid, "test": tcfg.test})
-  start = oracle.start_id
-  blocks = {k: np.concatenate([np.full((len(v), 1), start, np.int32), v], axis=1) for k, v in corpus.items()}
-  return GANData(spec=f"trigram:v{tcfg.vocab_size}:l{tcfg.sentence_len}:s{tcfg.seed}", vocab_size=start + 1,
-                 bos_id=start, forbidden_ids=(start,), lm_blocks=blocks, real=blocks["train"],
-                 references=corpus["valid"].tolist(),
-                 decode=lambda ids: " ".join(f"w{int(i)}" for i in ids), sentence=lambda ids: np.asarray(ids).tolist(),
-                 oracle=oracle)
+  sentences = oracle.corpus(sizes={"train": tcfg.train, "valid": tcfg.valid, "test": tcfg.test})
+  return corpus.oracle_corpus(oracle, sentences, f"trigram:v{tcfg.vocab_size}:l{tcfg.sentence_len}:s{tcfg.seed}")
 
 
-def load_data(workdir: pathlib.Path, cfg) -> GANData:
+def data_shapes(config) -> corpus.Corpus:
+  """A Corpus with the run's vocabulary and array shapes but no text, for --dry_run (it builds the tokenizer only
+  when the config does not give the vocabulary)."""
+  if config.data.source == "trigram":
+    t = config.data.trigram
+    vocab, bos, forbidden, seq_len = t.vocab_size + 1, t.vocab_size, (t.vocab_size,), t.sentence_len
+  else:
+    tokenizer = None if config.model.vocab_size else common.build_tokenizer(config)
+    vocab = config.model.vocab_size or tokenizer.vocab_size
+    bos, forbidden, seq_len = (tokenizer.eos_id or 0) if tokenizer else 0, (), config.data.seq_len
+  blocks = np.zeros((config.data.batch_size, seq_len + 1), np.int32)
+  return corpus.Corpus(blocks={"train": blocks}, vocab_size=vocab, tokenizer_spec="dry-run", bos_id=bos,
+                       forbidden_ids=forbidden)
+
+
+def load_data(workdir: pathlib.Path, cfg) -> corpus.Corpus:
   return trigram_data(cfg) if cfg.data.source == "trigram" else text_data(pathlib.Path(workdir), cfg)
 
 
@@ -187,13 +143,13 @@ def gan_config(cfg) -> gan.GANConfig:
                        tau=gan.TauSchedule(t.kind, t.start, t.end, cfg.gan.steps))
 
 
-def generator_config(cfg, data: GANData) -> gen_lib.GeneratorConfig:
+def generator_config(cfg, data: corpus.Corpus) -> gen_lib.GeneratorConfig:
   g = cfg.generator
   return gen_lib.GeneratorConfig(kind=g.kind, length=g.length, latent_dim=g.latent_dim, bos_id=data.bos_id,
                                  forbidden_ids=data.forbidden_ids, mlp_hidden=tuple(g.mlp_hidden))
 
 
-def discriminator_config(cfg, data: GANData, lm_cfg: gpt2.GPT2Config) -> disc_lib.DiscriminatorConfig:
+def discriminator_config(cfg, data: corpus.Corpus, lm_cfg: gpt2.GPT2Config) -> disc_lib.DiscriminatorConfig:
   """D's config; with init_from_lm its encoder is G's LM config (dropout from the discriminator block)."""
   d = cfg.discriminator
   encoder = lm_cfg.replace(dropout=d.dropout) if d.get("init_from_lm") else None
@@ -211,13 +167,22 @@ def _with_total(opt_cfg, total_steps: int) -> dict:
 
 @dataclasses.dataclass
 class Setup:
-  """The static configs of a GAN run and its (initial, sharded) state."""
+  """The static configs of a GAN run: G, its GPT-2, D, the GAN objective and both optimizers."""
   gan_cfg: gan.GANConfig
   gen_cfg: gen_lib.GeneratorConfig
   disc_cfg: disc_lib.DiscriminatorConfig
   lm_cfg: gpt2.GPT2Config
-  state: gan.GANState
-  shardings: object
+  g_opt: dict
+  d_opt: dict
+
+  @property
+  def init(self):
+    """The pure `rng -> GANState` initialiser."""
+    return gan.make_state_fn(self.gen_cfg, self.lm_cfg, self.disc_cfg, self.g_opt, self.d_opt)
+
+  @property
+  def g_graphdef(self):
+    return jax.eval_shape(self.init, jax.random.key(0)).g.graphdef
 
   def checkpoint_meta(self) -> dict:
     """What a GAN checkpoint records about the models, compared on resume."""
@@ -225,18 +190,17 @@ class Setup:
             "discriminator": dataclasses.asdict(self.disc_cfg), "loss": self.gan_cfg.loss}
 
 
-def setup(cfg, data: GANData, lm_cfg: gpt2.GPT2Config, mesh) -> Setup:
+def setup(cfg, data: corpus.Corpus, lm_cfg: gpt2.GPT2Config) -> Setup:
   gen_cfg = generator_config(cfg, data)
   if gen_cfg.kind == "gpt2" and gen_cfg.length > lm_cfg.max_len:
     raise InputError(f"generator.length={gen_cfg.length} exceeds model.max_len={lm_cfg.max_len}: lower the length")
   disc_cfg = discriminator_config(cfg, data, lm_cfg)
   g_opt = _with_total(cfg.g_optimizer, cfg.gan.steps)
   d_opt = _with_total(cfg.d_optimizer, cfg.gan.steps * cfg.gan.n_critic + cfg.gan.get("d_warmup_steps", 0))
-  state, shardings = gan.init_state(gen_cfg, lm_cfg, disc_cfg, g_opt, d_opt, jax.random.key(cfg.seed + 2), mesh)
-  return Setup(gan_config(cfg), gen_cfg, disc_cfg, lm_cfg, state, shardings)
+  return Setup(gan_config(cfg), gen_cfg, disc_cfg, lm_cfg, g_opt, d_opt)
 
 
-def lm_config(cfg, data: GANData) -> gpt2.GPT2Config:
+def lm_config(cfg, data: corpus.Corpus) -> gpt2.GPT2Config:
   """G's GPT-2 config: the init_from checkpoint's, else config.model with the data's vocabulary."""
   if cfg.generator.init_from:
     meta, _ = checkpoint.read_meta(_checkpoint_dir(pathlib.Path(cfg.generator.init_from).expanduser()))
@@ -244,19 +208,18 @@ def lm_config(cfg, data: GANData) -> gpt2.GPT2Config:
   return common.model_config(cfg.model, data.vocab_size)
 
 
-def load_trained(config, workdir, mesh) -> tuple[Setup, GANData]:
-  """The setup of a finished GAN run in `workdir` (run with `config`), its state restored from the last
-  checkpoint, and its data."""
+def load_trained(config, workdir, mesh) -> tuple[Setup, gan.GANState, corpus.Corpus]:
+  """The setup of a finished GAN run in `workdir` (run with `config`), its state from the last checkpoint, and its
+  data."""
   workdir = pathlib.Path(workdir)
   data = load_data(workdir, config)
-  s = setup(config, data, lm_config(config, data), mesh)
+  s = setup(config, data, lm_config(config, data))
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
-  restored = ckpt.restore_latest(s.state)
+  restored = ckpt.restore_latest(stage.shardings_of(s.init, mesh)[0])
   ckpt.close()
   if restored is None:
     raise InputError(f"no GAN checkpoint in {workdir / 'checkpoints'}: train the GAN first")
-  s.state = restored[0]
-  return s, data
+  return s, restored[0], data
 
 
 # --- G's language model: MLE pre-training or an LM checkpoint ----------------------------------------------------
@@ -294,75 +257,20 @@ def restore_lm_params(path, data_spec: str, mesh):
   return model_cfg, restored["state"]["params"], step
 
 
-def pretrain_lm(run: common.Run, cfg, data: GANData, lm_cfg: gpt2.GPT2Config):
-  """Phase 1: MLE (eq. 1-2) on G's GPT-2 in <workdir>/pretrain, resumable; returns (params, valid metrics)."""
-  pdir = run.workdir / "pretrain"
-  pdir.mkdir(exist_ok=True)
-  steps = cfg.pretrain.steps
-  state, shardings = lm.init_state(lm_cfg, cfg.pretrain.optimizer, jax.random.key(cfg.seed), run.mesh)
-  batches = lm_data.BatchIterator(data.lm_blocks["train"], cfg.data.batch_size, seed=cfg.seed,
-                                  process_index=jax.process_index(), process_count=jax.process_count())
-  ckpt = checkpoint.Checkpointer(pdir / "checkpoints", keep=1)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state, meta, step = restored
-    common.check_same_model(meta, lm_cfg, pdir)
-    batches.restore(meta["data"])
-  model_dict = dataclasses.asdict(lm_cfg)
-  meta_fn = lambda: {"data": batches.state(), "model": model_dict, "tokenizer": data.spec, "objective": "lm"}
-  done = pdir / "results.json"
-  if int(state.step) < steps or not done.exists():
-    step_fn = lm.jit_train_step(run.mesh, shardings,
-                                {k: shd.batch_sharding(run.mesh) for k in ("inputs", "targets")})
-    writer = writers.MetricWriter(pdir)
-    result = loop.run(state=state, step_fn=step_fn, batches=batches, put=lambda b: shd.put_batch(b, run.mesh),
-                      rng=jax.random.key(cfg.seed + 1), total_steps=steps, checkpointer=ckpt, writer=writer,
-                      meta_fn=meta_fn, log_every=cfg.pretrain.log_every,
-                      checkpoint_every=cfg.pretrain.checkpoint_every,
-                      tokens_per_step=cfg.data.batch_size * (data.lm_blocks["train"].shape[1] - 1),
-                      desc="pretrain G (MLE)")
-    ckpt.close()
-    if result.preempted:
-      return None, {"preempted": True, "step": result.step}
-    state = result.state
-    valid = lm_eval(run, cfg, make_lm_evaluator(lm_sums(state.graphdef)), state.params, data.lm_blocks["valid"])
-    writer.write(steps, valid, "valid")
-    writer.close()
-    common.write_json(done, {"step": steps, "valid": valid})
-    writers.plot_curves(pdir / "metrics.jsonl", pdir / "loss_curves.png",
-                        [("MLE loss (nats/token)", [("train", "loss"), ("valid", "nll")])])
-  else:
-    ckpt.close()
-  return state.params, json.loads(done.read_text())["valid"]
+def pretrain_stage(run: common.Run | None, cfg, data: corpus.Corpus, lm_cfg: gpt2.GPT2Config) -> stage.Stage:
+  """Phase 1: MLE (eq. 1-2) on G's GPT-2 in <workdir>/pretrain, an LM workdir that `generator.init_from` can name."""
+  mesh = run.mesh if run is not None else None
+  return lm_task.lm_stage(
+    "pretrain", run.workdir / "pretrain" if run is not None else None, lm_cfg, cfg.pretrain.optimizer,
+    data.blocks["train"], batch_size=cfg.data.batch_size, seed=cfg.seed, rng_seed=cfg.seed + 1,
+    num_steps=cfg.pretrain.steps, meta={"tokenizer": data.tokenizer_spec, "objective": "lm"}, keep=1,
+    log_every=cfg.pretrain.log_every, checkpoint_every=cfg.pretrain.checkpoint_every, desc="pretrain G (MLE)",
+    evaluate=lambda s: lm_task.evaluate_splits(s, data.blocks, ("valid",), cfg.eval.batch_size, mesh))
 
 
-@functools.lru_cache(maxsize=32)
-def make_lm_evaluator(sums_fn):
-  """jit of `sums_fn(params, batch) -> (nll_sum, correct, count)` as the dict `lm.evaluate` reduces."""
-  return jax.jit(lambda p, b: dict(zip(("nll_sum", "correct", "count"), sums_fn(p, b))))
-
-
-@functools.lru_cache(maxsize=32)
-def lm_sums(graphdef):
-  """(params, batch) -> LM sums of a GPT-2 with this graphdef (memoised: one compilation per model)."""
-  return lambda params, batch: lm.lm_loss(params, graphdef, batch, None)[1]
-
-
-def lm_eval(run: common.Run, cfg, eval_jit, params, blocks: np.ndarray) -> dict:
-  """Exact corpus perplexity and next-token accuracy of a `make_lm_evaluator` function over `blocks`."""
-  batches = lm_data.eval_batches(blocks, cfg.eval.batch_size, process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-  return lm.evaluate(eval_jit, params, batches, lambda b: shd.put_batch(b, run.mesh))
-
-
-@functools.lru_cache(maxsize=32)
-def g_lm_sums(g_graphdef):
-  """(g_params, batch) -> LM sums of G's GPT-2 (its likelihood of real text, for NLL-test)."""
-  def sums(g_params, batch):
-    lm_model = nnx.merge(g_graphdef, g_params).lm
-    lm_graphdef, lm_params = nnx.split(lm_model, nnx.Param)
-    return lm.lm_loss(lm_params, lm_graphdef, batch, None)[1]
-  return sums
+def _select_lm(g_graphdef, g_params):
+  """(graphdef, params) of G's GPT-2 inside G."""
+  return nnx.split(nnx.merge(g_graphdef, g_params).lm, nnx.Param)
 
 
 # --- evaluation of G's samples -----------------------------------------------------------------------------------
@@ -372,11 +280,11 @@ class GeneratorEval:
   """Samples G and scores the samples: BLEU-2..5 vs held-out sentences, Self-BLEU, distinct-n, NLL-test of G's LM,
   NLL-oracle for the trigram source."""
 
-  def __init__(self, run: common.Run, cfg, data: GANData, gan_cfg: gan.GANConfig, gen_cfg, g_graphdef):
+  def __init__(self, run: common.Run, cfg, data: corpus.Corpus, gan_cfg: gan.GANConfig, gen_cfg, g_graphdef):
     self.run, self.cfg, self.data, self.gen_cfg = run, cfg, data, gen_cfg
     self.gan_cfg, self.g_graphdef = gan_cfg, g_graphdef
+    self.references = data.sentences_of("valid")
     self._samplers = {}
-    self._lm_eval = make_lm_evaluator(g_lm_sums(g_graphdef)) if gen_cfg.kind == "gpt2" else None
 
   def sample_ids(self, g_params, num: int, seed: int) -> np.ndarray:
     if num not in self._samplers:
@@ -387,13 +295,14 @@ class GeneratorEval:
     """(metrics, sample texts)."""
     ids = self.sample_ids(g_params, num, seed)
     hyps = [self.data.sentence(row) for row in ids]
-    out = metrics.sequence_metrics(hyps, self.data.references, max_references=self.cfg.eval.max_references,
+    out = metrics.sequence_metrics(hyps, self.references, max_references=self.cfg.eval.max_references,
                                    seed=seed)
-    if self.data.oracle is not None:
-      out["nll_oracle"] = metrics.nll_oracle(ids, self.data.oracle.log_prob)
-    if (self._lm_eval is not None and with_nll_test and self.cfg.eval.get("nll_test", True)
-        and "test" in self.data.lm_blocks):
-      test = lm_eval(self.run, self.cfg, self._lm_eval, g_params, self.data.lm_blocks["test"])
+    if self.data.trigram is not None:
+      out["nll_oracle"] = metrics.nll_oracle(ids, self.data.trigram.log_prob)
+    if (self.gen_cfg.kind == "gpt2" and with_nll_test and self.cfg.eval.get("nll_test", True)
+        and "test" in self.data.blocks):
+      test = evaluation.lm_metrics(self.g_graphdef, g_params, self.data.blocks["test"], self.cfg.eval.batch_size,
+                                   self.run.mesh, select=_select_lm)
       out["nll_test"] = test["nll"]
       out["ppl_test"] = test["perplexity"]
     return out, [self.data.decode(row) for row in ids]
@@ -402,30 +311,55 @@ class GeneratorEval:
 # --- D warm-up -----------------------------------------------------------------------------------------------------
 
 
-def warmup_discriminator(run: common.Run, cfg, data: GANData, s: Setup, state: gan.GANState) -> gan.GANState:
-  """`gan.d_warmup_steps` critic steps (eq. 4, or the WGAN-GP critic loss) against the initial G (only read).
+def _real_spec(cfg, n_critic: int) -> dict:
+  return stage.int_batch(real=(cfg.gan.batch_size, n_critic, cfg.generator.length))
 
-  D learns slowly from scratch (a few hundred batches to tell a small LM's samples from PTB), while G follows any
-  critic at once: without a warm-up G's first steps follow a near-random D. SeqGAN pre-trains its D likewise.
-  Runs only before GAN step 0, on its own real batches and keys, so the GAN phase's batches and keys (and resume)
-  are unchanged; an interrupted warm-up is simply redone, with the same numbers.
+
+def gan_stages(run: common.Run | None, cfg, data: corpus.Corpus, s: Setup, start) -> list[stage.Stage]:
+  """The D warm-up (when `gan.d_warmup_steps` > 0) and the GAN phase, both on the GANState of `s`.
+
+  D warm-up: critic steps (eq. 4, or the WGAN-GP critic loss) against the initial G, which is only read. D learns
+  slowly from scratch while G follows any critic at once: without a warm-up G's first steps follow a near-random D
+  (SeqGAN pre-trains its D likewise). Its own real batches and keys fold_in(key, D's step), so the GAN phase's
+  batches and keys are those of a run without it. GAN phase: n_critic critic steps then one G step (eq. 4-5, or
+  WGAN-GP), from the warmed-up state.
   """
-  steps = cfg.gan.get("d_warmup_steps", 0)
-  d_step, _, _ = gan.make_steps(s.gan_cfg, s.gen_cfg.latent_dim, run.mesh)
-  step_fn = gan.jit_train_step(lambda st, batch, key: d_step(st, batch["real"][:, 0], key), run.mesh, s.shardings,
-                               compiler_options=gan.FAST_COMPILE if cfg.gan.fast_compile else None)
-  batches = RealBatches(data.real, cfg.gan.batch_size, 1, seed=cfg.seed + 1)
-  rng = jax.random.key(cfg.seed + 4)
-  history = collections.deque(maxlen=max(1, cfg.gan.log_every))  # D's metrics over the last steps are reported
-  for i in range(steps):
-    state, step_metrics = step_fn(state, shd.put_batch(next(batches), run.mesh), jax.random.fold_in(rng, i))
-    history.append(step_metrics)
-  last = jax.device_get(list(history))
-  summary_metrics = {k: float(np.mean([m[k] for m in last])) for k in last[0]}
-  run.writer.write(0, summary_metrics, "d_warmup")
-  print(f"D warm-up: {steps} critic steps against the initial G; over the last {len(last)}: "
-        f"d_real {summary_metrics['d_real']:.3f}, d_fake {summary_metrics['d_fake']:.3f}", flush=True)
-  return state
+  d_step, _, train_step = gan.make_steps(s.gan_cfg, s.gen_cfg.latent_dim, run.mesh if run is not None else None)
+  real = data.sentence_starts("train", cfg.generator.length)
+  init = gan.make_state_fn(s.gen_cfg, s.lm_cfg, s.disc_cfg, s.g_opt, s.d_opt)
+  common_fields = dict(init=init, seed=cfg.seed + 2, log_every=cfg.gan.log_every,
+                       compiler_options=training.FAST_COMPILE if cfg.gan.fast_compile else None)
+  meta = {"tokenizer": data.tokenizer_spec, **s.checkpoint_meta()}
+  where = (lambda name: None) if run is None else (lambda name: run.workdir / name)
+  stages = []
+  warmup_steps = cfg.gan.get("d_warmup_steps", 0)
+  if warmup_steps > 0:
+    stages.append(stage.Stage(
+      name="d_warmup", directory=where("d_warmup"), steps=(_warmup_step(d_step),),
+      batches=lambda: RealBatches(real, cfg.gan.batch_size, 1, seed=cfg.seed + 1),
+      batch_spec=_real_spec(cfg, 1), num_steps=warmup_steps, rng_seed=cfg.seed + 4, start=start, keep=1,
+      progress=lambda st: st.d.step, tensorboard=False, desc="D warm-up", meta=meta, **common_fields))
+  eval_fn = None
+  if cfg.gan.eval_every and run is not None:
+    evaluator = GeneratorEval(run, cfg, data, s.gan_cfg, s.gen_cfg, s.g_graphdef)
+    eval_fn = lambda st, step: evaluator(st.g.params, cfg.gan.eval_samples, cfg.sample.seed + 1,
+                                         with_nll_test=False)[0]
+  stages.append(stage.Stage(
+    name="gan", directory=run.workdir if run is not None else None, steps=(train_step,),
+    batches=lambda: RealBatches(real, cfg.gan.batch_size, cfg.gan.n_critic, seed=cfg.seed),
+    batch_spec=_real_spec(cfg, cfg.gan.n_critic), num_steps=cfg.gan.steps, rng_seed=cfg.seed + 3, keep=2,
+    start=None if stages else start,
+    checkpoint_every=cfg.gan.checkpoint_every, probe=eval_fn, probe_every=cfg.gan.eval_every,
+    writer=run.writer if run is not None else None, desc=f"GAN ({cfg.gan.loss})",
+    meta={**meta, "objective": "gan"}, **common_fields))
+  return stages
+
+
+def _warmup_step(d_step):
+  def warmup_step(state, batch, rng):
+    """One critic step on the first (only) real batch; key fold_in(rng, D's step)."""
+    return d_step(state, batch["real"][:, 0], jax.random.fold_in(rng, state.d.step))
+  return warmup_step
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -474,8 +408,20 @@ def _check_same_gan(meta: dict, expected: dict, workdir: pathlib.Path) -> None:
                        "or the config it was trained with")
 
 
+def dry_run_stages(config, mesh) -> list[stage.Stage]:
+  """The Stages `run` trains (G's MLE pre-training unless G is restored, the D warm-up, the GAN), for --dry_run."""
+  check_options(config, mesh)
+  data = data_shapes(config)
+  lm_cfg = lm_config(config, data)
+  s = setup(config, data, lm_cfg)
+  stages = []
+  if config.pretrain.steps > 0 and not config.generator.init_from:
+    stages.append(pretrain_stage(None, config, data, lm_cfg))
+  return stages + gan_stages(None, config, data, s, start=None)
+
+
 def run(config, workdir) -> dict:
-  """Pre-trains G (or restores it), trains the GAN to config.gan.steps, scores samples; returns results.json."""
+  """Pre-trains G (or restores it), warms D up, trains the GAN to config.gan.steps, scores samples."""
   t0 = time.perf_counter()
   cfg = config
   r = common.start(cfg, workdir)
@@ -490,74 +436,59 @@ def run(config, workdir) -> dict:
   pretrain_valid = None
   lm_params = None
   if cfg.generator.init_from:
-    lm_cfg, lm_params, lm_step = restore_lm_params(cfg.generator.init_from, data.spec, r.mesh)
+    lm_cfg, lm_params, lm_step = restore_lm_params(cfg.generator.init_from, data.tokenizer_spec, r.mesh)
     print(f"G's GPT-2 restored from {cfg.generator.init_from} (step {lm_step}; its model config is used)",
           flush=True)
   else:
     lm_cfg = common.model_config(cfg.model, data.vocab_size)
     if cfg.pretrain.steps > 0:
-      lm_params, pretrain_valid = pretrain_lm(r, cfg, data, lm_cfg)
-      if lm_params is None:
-        print(f"SIGTERM: saved MLE pre-training to {r.workdir / 'pretrain'}; run again to resume", flush=True)
-        return pretrain_valid
+      pretrained = stage.run_stage(pretrain_stage(r, cfg, data, lm_cfg), r.mesh)
+      lm_params, pretrain_valid = pretrained.state.params, pretrained.done["eval"]["valid"]
+      writers.plot_curves(r.workdir / "pretrain" / "metrics.jsonl", r.workdir / "pretrain" / "loss_curves.png",
+                          [("MLE loss (nats/token)", [("train", "loss"), ("valid", "nll")])])
 
-  # Phase 2: the GAN.
-  s = setup(cfg, data, lm_cfg, r.mesh)
-  gan_cfg, gen_cfg, state, shardings = s.gan_cfg, s.gen_cfg, s.state, s.shardings
-  batches = RealBatches(data.real, cfg.gan.batch_size, cfg.gan.n_critic, seed=cfg.seed)
-  expected = s.checkpoint_meta()
-  evaluator = GeneratorEval(r, cfg, data, gan_cfg, gen_cfg, state.g.graphdef)
-  ckpt = checkpoint.Checkpointer(r.workdir / "checkpoints", keep=2)
-  restored = ckpt.restore_latest(state)
+  # Phase 2: the D warm-up and the GAN, from G's LM; G is scored once before any GAN step.
+  s = setup(cfg, data, lm_cfg)
+  evaluator = GeneratorEval(r, cfg, data, s.gan_cfg, s.gen_cfg, s.g_graphdef)
   before_path = r.workdir / "before.json"
-  if restored is not None:
-    state, meta, step = restored
-    _check_same_gan(json.loads(json.dumps(meta)), json.loads(json.dumps(expected)), r.workdir)
-    batches.restore(meta["data"])
-    print(f"resumed the GAN from {r.workdir / 'checkpoints' / str(step)} at step {step}", flush=True)
-  elif lm_params is not None:
-    inject = functools.partial(gan.with_lm_params, discriminator=bool(cfg.discriminator.init_from_lm))
-    state = jax.jit(inject, out_shardings=shardings)(state, lm_params)
-  if not before_path.exists():
-    # G before any GAN step (the restored state may already be past it only if before.json was written).
-    before, texts = evaluator(state.g.params, cfg.sample.num, cfg.sample.seed)
-    writers.write_samples(r.workdir / "samples_before.txt", texts, header="G before GAN training (step 0)")
-    r.writer.write(0, before, "eval")
-    r.writer.write_text(0, "samples_before", texts[:8])
-    common.write_json(before_path, before)
-  before = json.loads(before_path.read_text())
-  if restored is None and cfg.gan.get("d_warmup_steps", 0) > 0:
-    state = warmup_discriminator(r, cfg, data, s, state)
+  _, shardings = stage.shardings_of(s.init, r.mesh)
 
-  meta_fn = lambda: {"data": batches.state(), "tokenizer": data.spec, "objective": "gan", **expected}
-  _, _, train_step = gan.make_steps(gan_cfg, gen_cfg.latent_dim, r.mesh)
-  step_fn = gan.jit_train_step(train_step, r.mesh, shardings,
-                               compiler_options=gan.FAST_COMPILE if cfg.gan.fast_compile else None)
-  eval_fn = None
-  if cfg.gan.eval_every:
-    eval_fn = lambda s, step: evaluator(s.g.params, cfg.gan.eval_samples, cfg.sample.seed + 1,
-                                        with_nll_test=False)[0]
-  result = loop.run(state=state, step_fn=step_fn, batches=batches, put=lambda b: shd.put_batch(b, r.mesh),
-                    rng=jax.random.key(cfg.seed + 3), total_steps=cfg.gan.steps, checkpointer=ckpt, writer=r.writer,
-                    meta_fn=meta_fn, log_every=cfg.gan.log_every, checkpoint_every=cfg.gan.checkpoint_every,
-                    eval_every=cfg.gan.eval_every, eval_fn=eval_fn, desc=f"GAN ({cfg.gan.loss})")
-  ckpt.close()
-  if result.preempted:
-    print(f"SIGTERM: saved GAN step {result.step} to {r.workdir / 'checkpoints'}; run again to resume", flush=True)
-    return {"step": result.step, "preempted": True}
-  state = result.state
+  def start(state):
+    if lm_params is not None:
+      inject = functools.partial(gan.with_lm_params, discriminator=bool(cfg.discriminator.init_from_lm))
+      state = jax.jit(inject, out_shardings=shardings)(state, lm_params)
+    if not before_path.exists():
+      before, texts = evaluator(state.g.params, cfg.sample.num, cfg.sample.seed)
+      writers.write_samples(r.workdir / "samples_before.txt", texts, header="G before GAN training (step 0)")
+      r.writer.write(0, before, "eval")
+      r.writer.write_text(0, "samples_before", texts[:8])
+      stage.write_json(before_path, before)
+    return state
+
+  stages = gan_stages(r, cfg, data, s, start)
+  if len(stages) == 2:
+    warm = stage.run_stage(stages[0], r.mesh)
+    d = warm.done["train"]
+    r.writer.write(0, d, "d_warmup")
+    print(f"D warm-up: {warm.done['step']} critic steps against the initial G; over the last "
+          f"{min(cfg.gan.log_every, warm.done['step'])}: d_real {d['d_real']:.3f}, d_fake {d['d_fake']:.3f}",
+          flush=True)
+    stages[1].start = lambda _: warm.state
+  result = stage.run_stage(stages[-1], r.mesh)
+  before = json.loads(before_path.read_text())
+  state, steps = result.state, result.done["step"]
   after, texts = evaluator(state.g.params, cfg.sample.num, cfg.sample.seed)
-  header = f"G after {result.step} GAN steps ({cfg.gan.loss}); hard Gumbel-Softmax samples = exact draws"
+  header = f"G after {steps} GAN steps ({cfg.gan.loss}); hard Gumbel-Softmax samples = exact draws"
   writers.write_samples(r.workdir / "samples_after.txt", texts, header=header)
   writers.write_samples(r.workdir / "samples.txt", texts, header=header)
-  r.writer.write(result.step, after, "eval")
-  r.writer.write_text(result.step, "samples_after", texts[:8])
+  r.writer.write(steps, after, "eval")
+  r.writer.write_text(steps, "samples_after", texts[:8])
   panels = [("G / D loss", [("train", "d_loss"), ("train", "g_loss")]),
             ("D on real / fake" + (" (critic)" if cfg.gan.loss == "wgan-gp" else " (prob.)"),
              [("train", "d_real"), ("train", "d_fake")]),
             ("Gumbel-Softmax tau", [("train", "tau")])]
   if cfg.gan.eval_every:
-    key = "nll_oracle" if data.oracle is not None else "bleu3"
+    key = "nll_oracle" if data.trigram is not None else "bleu3"
     panels.append((key, [("valid", key)]))
   writers.plot_curves(r.workdir / "metrics.jsonl", r.workdir / "gan_curves.png", panels)
   r.writer.close()
@@ -565,11 +496,11 @@ def run(config, workdir) -> dict:
   results = {
     "finished": True, "loss": cfg.gan.loss, "source": cfg.data.source, "generator": gen_name,
     "discriminator": disc_name, "pretrain_steps": 0 if cfg.generator.init_from else cfg.pretrain.steps,
-    "init_from": cfg.generator.init_from, "gan_steps": result.step, "num_samples": cfg.sample.num,
-    "pretrain_valid": pretrain_valid, "before": before, "after": after, "last_train_metrics": result.last_metrics,
-    "samples": str(r.workdir / "samples.txt"), "curves": str(r.workdir / "gan_curves.png"),
-    "wall_seconds": time.perf_counter() - t0,
+    "init_from": cfg.generator.init_from, "gan_steps": steps, "num_samples": cfg.sample.num,
+    "pretrain_valid": pretrain_valid, "before": before, "after": after,
+    "last_train_metrics": result.done["train"], "samples": str(r.workdir / "samples.txt"),
+    "curves": str(r.workdir / "gan_curves.png"), "wall_seconds": time.perf_counter() - t0,
   }
-  common.write_json(r.workdir / "results.json", results)
+  stage.write_json(r.workdir / "results.json", results)
   print(summary(results), flush=True)
   return results

@@ -17,11 +17,16 @@ T iterations of B rows over N = R n_L + n_U rows see each labeled example R T B 
 the n_L labeled rows alone for ceil(R n_L T / N) steps of B rows. It thus does fewer optimizer steps, because it
 has no unlabeled rows to see. Learning-rate schedule (linear warmup over 10% then linear decay to 0), optimizer,
 encoder, head and dropout are the same.
+
+Each run is one Stage (`ganbert_stage`: the pure initialiser, `d_step` then `g_step` or the baseline's `sup_step`,
+the resumable `data.classification.Batches`) trained by `stage.run_stage`; `dry_run_stages` gives `--dry_run` the
+same Stages.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -29,169 +34,21 @@ import pathlib
 import shutil
 import sys
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 
-from jaxtextgan import checkpoint, loop, training, writers
-from jaxtextgan import sharding as shd
+from jaxtextgan import checkpoint, predict, stage, training, writers
 from jaxtextgan.data import classification as cls_data
-from jaxtextgan.errors import InputError
-from jaxtextgan.models import bert
+from jaxtextgan.errors import InputError, Preempted
+from jaxtextgan.metrics import classification_metrics
+from jaxtextgan.models import bert, classifier
 from jaxtextgan.objectives import ganbert
 from jaxtextgan.tasks import common
 
-SOURCES = ("trec", "bbc", "files")
-ASSETS = "classifier_assets"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-
-
-# --------------------------------------------------------------------------------------------------------- data
-
-
-def load_data(data_cfg, *, seed: int, labeled_fraction: float | None = None) -> cls_data.ClassificationData:
-  """The configured data set. `labeled_fraction` overrides data.labeled_fraction (BBC only); `seed` picks the BBC
-  split and the unlabeled subsample."""
-  source = data_cfg.source
-  if labeled_fraction is not None and source != "bbc":
-    raise InputError(f"experiment.fractions needs data.source='bbc' (a labeled-fraction sampler), not {source!r}: "
-                     f"leave experiment.fractions empty to use the split as given")
-  if source == "trec":
-    data = cls_data.load_trec(data_cfg.trec_dir, granularity=data_cfg.granularity)
-  elif source == "bbc":
-    fraction = data_cfg.labeled_fraction if labeled_fraction is None else labeled_fraction
-    data = cls_data.load_bbc_news(labeled_fraction=fraction, test_fraction=data_cfg.test_fraction, seed=seed,
-                                  directory=data_cfg.bbc_dir or None)
-  elif source == "files":
-    if not data_cfg.train_file or not data_cfg.test_file:
-      raise InputError("data.source='files' needs data.train_file and data.test_file: set both paths")
-    names = [s.strip() for s in data_cfg.label_names.split(",") if s.strip()] if data_cfg.label_names else None
-    data = cls_data.load_files(data_cfg.train_file, data_cfg.test_file, unlabeled=data_cfg.unlabeled_file or None,
-                               text_column=data_cfg.text_column, label_column=data_cfg.label_column,
-                               label_names=names)
-  else:
-    raise InputError(f"data.source={source!r} is unknown: use one of {', '.join(SOURCES)}")
-  if not len(data.labeled):
-    raise InputError(f"{data.name or source}: the labeled set is empty: give at least one labeled example")
-  if not len(data.test):
-    raise InputError(f"{data.name or source}: the test set is empty: give at least one labeled test example")
-  return cap_unlabeled(data, data_cfg.unlabeled_multiplier, data_cfg.max_unlabeled, seed)
-
-
-def cap_unlabeled(data: cls_data.ClassificationData, multiplier: int, max_unlabeled: int,
-                  seed: int) -> cls_data.ClassificationData:
-  """At most multiplier * |L| (paper: |U| = 100 |L| when available) and max_unlabeled rows of U, drawn at random."""
-  limit = len(data.unlabeled)
-  if multiplier > 0:
-    limit = min(limit, multiplier * len(data.labeled))
-  if max_unlabeled > 0:
-    limit = min(limit, max_unlabeled)
-  if limit == len(data.unlabeled):
-    return data
-  keep = np.sort(np.random.default_rng([seed, 2]).permutation(len(data.unlabeled))[:limit])
-  return dataclasses.replace(data, unlabeled=data.unlabeled.subset(keep))
-
-
-def training_examples(data: cls_data.ClassificationData, method: str) -> cls_data.Examples:
-  """GAN-BERT: labeled rows replicated (release) plus unlabeled rows; baseline: the labeled rows only."""
-  if method == "ganbert":
-    return cls_data.replicate_labeled(data.train(), data.labeled_fraction)
-  return data.labeled
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoded:
-  """Tokenized examples: ids and mask (N, max_len) int32, labels (N,), -1 = unlabeled."""
-  input_ids: np.ndarray
-  attention_mask: np.ndarray
-  labels: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def rows(self, idx: np.ndarray, pad_multiple: int) -> dict[str, np.ndarray]:
-    """The rows `idx`, cut to the longest of them rounded up to `pad_multiple` (0: keep max_len).
-
-    Padding is masked out of attention and pooling, so the cut changes no result; it only saves compute on short
-    texts, at the price of one compiled program per length bucket.
-    """
-    mask = self.attention_mask[idx]
-    width = mask.shape[1]
-    if pad_multiple > 0:
-      longest = int(mask.sum(1).max()) if len(idx) else 1
-      width = min(width, max(pad_multiple, -(-longest // pad_multiple) * pad_multiple))
-    return {"input_ids": self.input_ids[idx, :width], "attention_mask": mask[:, :width],
-            "labels": self.labels[idx]}
-
-
-def encode_examples(examples: cls_data.Examples, tokenizer: bert.WordPieceTokenizer, max_len: int) -> Encoded:
-  ids, mask = tokenizer.encode_batch(list(examples.texts), max_len)
-  return Encoded(ids, mask, np.asarray(examples.labels, np.int32))
-
-
-def batch_at(data: Encoded, step: int, batch_size: int, seed: int, pad_multiple: int) -> dict[str, np.ndarray]:
-  """Batch `step`: a pure function of (seed, step), so resuming needs no iterator state.
-
-  Each epoch is a fresh permutation; its last batch is completed with the first rows of that permutation, so every
-  batch has `batch_size` rows (fixed shapes, and divisible by the mesh's batch axes).
-  """
-  per_epoch = -(-len(data) // batch_size)
-  epoch, i = divmod(step, per_epoch)
-  order = np.random.default_rng([seed, 1, epoch]).permutation(len(data))
-  idx = order[i * batch_size:(i + 1) * batch_size]
-  if len(idx) < batch_size:
-    idx = np.concatenate([idx, np.resize(order, batch_size - len(idx))])
-  return data.rows(idx, pad_multiple)
-
-
-class Batches:
-  """Iterator over `batch_at(step)`, starting at `start`."""
-
-  def __init__(self, data: Encoded, batch_size: int, seed: int, pad_multiple: int, start: int = 0):
-    if batch_size < 1:
-      raise InputError(f"data.batch_size={batch_size} is invalid: use a positive batch size")
-    self.data, self.batch_size, self.seed, self.pad_multiple, self.step = data, batch_size, seed, pad_multiple, start
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = batch_at(self.data, self.step, self.batch_size, self.seed, self.pad_multiple)
-    self.step += 1
-    return batch
-
-
-def predict_probabilities(predict, params, data: Encoded, batch_size: int, mesh, pad_multiple: int) -> np.ndarray:
-  """(N, k) class probabilities. Rows go by length (less padding) in batches padded to `batch_size` rows."""
-  n = len(data)
-  order = np.argsort(data.attention_mask.sum(1), kind="stable")
-  out = []
-  for start in range(0, n, batch_size):
-    idx = order[start:start + batch_size]
-    idx = np.concatenate([idx, np.resize(idx, batch_size - len(idx))]) if len(idx) < batch_size else idx
-    batch = data.rows(idx, pad_multiple)
-    out.append(np.asarray(jax.device_get(predict(params, shd.put_batch(batch, mesh)))))
-  probs = np.concatenate(out)[:n] if out else np.zeros((0, 0), np.float32)
-  result = np.empty_like(probs)
-  result[order] = probs
-  return result
-
-
-def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-  """Accuracy, and macro-F1 over the classes present in the labels or the predictions (as scikit-learn's
-  f1_score(average='macro')): F1_c = 2 TP / (2 TP + FP + FN), a class with 2 TP + FP + FN = 0 counting 0."""
-  labels, predictions = np.asarray(labels), np.asarray(predictions)
-  classes = np.union1d(labels, predictions)
-  f1 = []
-  for c in classes:
-    tp = np.sum((predictions == c) & (labels == c))
-    fp = np.sum((predictions == c) & (labels != c))
-    fn = np.sum((predictions != c) & (labels == c))
-    denom = 2 * tp + fp + fn
-    f1.append(2 * tp / denom if denom else 0.0)
-  return {"accuracy": float(np.mean(predictions == labels)) if len(labels) else 0.0,
-          "macro_f1": float(np.mean(f1)) if f1 else 0.0}
 
 
 # ------------------------------------------------------------------------------------------------------ encoder
@@ -200,17 +57,28 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[
 @dataclasses.dataclass
 class EncoderBundle:
   directory: pathlib.Path
-  params: Any
+  params: Any  # nnx.State of the encoder's Params
   tokenizer: bert.WordPieceTokenizer
   config: bert.BertConfig
 
 
-def load_encoder(model_cfg, max_len: int) -> EncoderBundle:
-  """The pretrained BERT of model.encoder_dir ('' = the bundled MiniLM), with the configured dropout."""
+def _encoder_source(model_cfg) -> tuple[pathlib.Path, float | None]:
+  """(model.encoder_dir, '' = the bundled MiniLM; the dropout override, None = the checkpoint's)."""
   directory = pathlib.Path(model_cfg.encoder_dir) if model_cfg.encoder_dir else bert.default_encoder_dir()
-  dropout = model_cfg.encoder_dropout if model_cfg.encoder_dropout >= 0 else None
+  return directory, (model_cfg.encoder_dropout if model_cfg.encoder_dropout >= 0 else None)
+
+
+def load_encoder(model_cfg, max_len: int) -> EncoderBundle:
+  """The pretrained BERT of model.encoder_dir, with the configured dropout."""
+  directory, dropout = _encoder_source(model_cfg)
   encoder, tokenizer, bert_cfg = bert.load_bert(directory, max_len=max_len, dropout=dropout)
-  return EncoderBundle(directory, ganbert.encoder_params(encoder), tokenizer, bert_cfg)
+  return EncoderBundle(directory, nnx.state(encoder, nnx.Param), tokenizer, bert_cfg)
+
+
+def encoder_config(model_cfg, max_len: int) -> bert.BertConfig:
+  """The BertConfig `load_encoder` would build, without reading weights (dry runs)."""
+  directory, dropout = _encoder_source(model_cfg)
+  return classifier.encoder_config(directory, max_len, dropout)
 
 
 def model_config(model_cfg, num_classes: int, method: str) -> ganbert.GanBertConfig:
@@ -220,7 +88,18 @@ def model_config(model_cfg, num_classes: int, method: str) -> ganbert.GanBertCon
                                feature_matching=model_cfg.feature_matching, noise=model_cfg.noise)
 
 
-# -------------------------------------------------------------------------------------------------------- train
+def with_encoder(state: ganbert.GanBertState, encoder_params) -> ganbert.GanBertState:
+  """`state` with the classifier's encoder set to the pre-trained `encoder_params`, each array placed from the host
+  in the layout of the one it replaces; AdamW's moments are zeros whatever the weights, so nothing else changes.
+  (The steps donate the state: placed directly, a shard could alias, and delete, the arrays the next run needs.)"""
+  model = nnx.merge(state.d.graphdef, state.d.params)
+  current = nnx.state(model.encoder, nnx.Param)
+  nnx.update(model.encoder, jax.tree.map(lambda new, old: jax.device_put(np.asarray(new), old.sharding),
+                                         encoder_params, current))
+  return state.replace(d=state.d.replace(params=nnx.state(model, nnx.Param)))
+
+
+# -------------------------------------------------------------------------------------------------------- plan
 
 
 @dataclasses.dataclass
@@ -258,67 +137,99 @@ def optimizer_config(opt_cfg, steps: int) -> dict:
               weight_decay=opt_cfg.weight_decay, grad_clip_norm=opt_cfg.grad_clip_norm)
 
 
+# ------------------------------------------------------------------------------------------------------- stage
+
+
+@functools.lru_cache(maxsize=16)
+def _functions(bert_cfg: bert.BertConfig, cfg: ganbert.GanBertConfig, d_opt: tuple, g_opt: tuple | None, mesh):
+  """(initialiser, steps of one iteration): one object per setting, so runs that differ only in seed or data
+  (same shapes and schedule) hit `training.jit_step`'s memo and compile once per process."""
+  make_state = ganbert.make_state_fn(bert_cfg, cfg, dict(d_opt), dict(g_opt) if g_opt else None)
+  d_step, g_step, sup_step, _ = ganbert.make_steps(cfg, mesh)
+  return make_state, ((d_step, g_step) if cfg.method == "ganbert" else (sup_step,))
+
+
+def ganbert_stage(config, bert_cfg: bert.BertConfig, cfg: ganbert.GanBertConfig, mesh, *, num_steps: int, seed: int,
+                  **options) -> stage.Stage:
+  """GAN-BERT's `d_step` then `g_step` (or the baseline's `sup_step`) on global batches of data.batch_size rows of
+  at most data.max_len tokens; AdamW with linear warm-up and decay over `num_steps` (G: optimizer.g_lr).
+  `options` are further Stage fields (batches, directory, meta, start, evaluate, writer...)."""
+  opt = optimizer_config(config.optimizer, num_steps)
+  g_opt = dict(opt, lr=config.optimizer.g_lr or opt["lr"]) if cfg.method == "ganbert" else None
+  make_state, steps = _functions(bert_cfg, cfg, tuple(sorted(opt.items())),
+                                 tuple(sorted(g_opt.items())) if g_opt else None, mesh)
+  b, t = config.data.batch_size, config.data.max_len
+  return stage.Stage(
+    name=cfg.method, init=make_state, steps=steps, num_steps=num_steps, seed=seed, rng_seed=seed + 1,
+    batch_spec=stage.int_batch(input_ids=(b, t), attention_mask=(b, t), labels=(b,)),
+    log_every=config.train.log_every, keep=config.train.keep_checkpoints,
+    compiler_options=training.FAST_COMPILE if config.train.fast_compile else None, **options)
+
+
+def dry_run_stages(config, mesh) -> list[stage.Stage]:
+  """The Stages `run` trains (each method of an experiment, or config.method), for `--dry_run`: the encoder's
+  config comes from its config.json and k from the data config, so no weights or texts are read; batches are
+  data.max_len tokens wide (the widest a batch is cut to). The step count, unknown before the data is read, only
+  shapes the learning-rate schedule."""
+  check_config(config)
+  bert_cfg = encoder_config(config.model, config.data.max_len)
+  k = cls_data.num_classes(config.data)
+  methods = tuple(config.experiment.methods) if config.mode == "experiment" else (config.method,)
+  return [ganbert_stage(config, bert_cfg, model_config(config.model, k, method), mesh,
+                        num_steps=max(int(config.train.steps), 1), seed=config.seed, batches=None, directory=None)
+          for method in methods]
+
+
 def train_and_evaluate(config, data: cls_data.ClassificationData, encoder: EncoderBundle, *, method: str,
                        seed: int, workdir: pathlib.Path, mesh, resume: bool = False,
                        show_progress: bool = True) -> tuple[dict, ganbert.GanBertState, ganbert.GanBertConfig]:
-  """Trains one model and evaluates it on data.test: (result, final state, model config)."""
+  """Trains one model (`stage.run_stage`) and evaluates it on data.test: (result, final state, model config).
+
+  With `resume`, checkpoints and done.json go to `workdir`, and a finished workdir is not trained again.
+  """
   t0 = time.perf_counter()
   load_start = os.getloadavg()[0]
   cfg = model_config(config.model, data.num_classes, method)
   p = plan(config, data, method)
-  max_len = config.data.max_len
-  train_enc = encode_examples(training_examples(data, method), encoder.tokenizer, max_len)
-  test_enc = encode_examples(data.test, encoder.tokenizer, max_len)
-  opt = optimizer_config(config.optimizer, p.steps)
-  g_opt = dict(opt, lr=config.optimizer.g_lr or opt["lr"])
-  prog = ganbert.program(encoder.config, cfg, opt, g_opt if method == "ganbert" else None, mesh,
-                         compiler_options=training.FAST_COMPILE if config.train.fast_compile else None)
-  state, steps = prog.init(jax.random.key(seed), encoder.params), prog.steps
+  max_len, pad_multiple = config.data.max_len, config.data.pad_multiple
+  train_enc = cls_data.encode_examples(cls_data.training_examples(data, method), encoder.tokenizer, max_len)
+  test_enc = cls_data.encode_examples(data.test, encoder.tokenizer, max_len)
+
+  def evaluate(state) -> dict:
+    predict_fn = predict.predict_fn(state.d.graphdef, cfg.num_classes, mesh)
+    probs = predict.predict_probabilities(predict_fn, state.d.params, test_enc, config.eval.batch_size, mesh,
+                                          pad_multiple)
+    return {"test": classification_metrics(test_enc.labels, probs.argmax(-1))}
+
   workdir.mkdir(parents=True, exist_ok=True)
-  ckpt = None
-  if resume:
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-      state, meta, step = restored
-      if meta.get("method") != method or meta.get("label_names") != list(data.label_names):
-        raise InputError(f"workdir {workdir} holds a checkpoint of another run ({meta.get('method')}, "
-                         f"{len(meta.get('label_names', []))} labels): use a new --workdir")
-      print(f"resumed from {workdir / 'checkpoints' / str(step)} at step {step}", flush=True)
-  start = int(jax.device_get(state.step))
-  batches = Batches(train_enc, config.data.batch_size, seed, config.data.pad_multiple, start=start)
   writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
-  meta_fn = lambda: {"method": method, "label_names": list(data.label_names), "seed": seed}
-  result = loop.run(state=state, step_fn=lambda s, b, r: ganbert.train_iteration(steps, s, b, r), batches=batches,
-                    put=lambda b: shd.put_batch(b, mesh), rng=jax.random.key(seed + 1), total_steps=p.steps,
-                    checkpointer=ckpt, writer=writer, meta_fn=meta_fn, log_every=config.train.log_every,
-                    checkpoint_every=config.train.checkpoint_every if resume else 0, desc=method,
-                    show_progress=show_progress)
-  if ckpt is not None:
-    ckpt.close()
-  state = result.state
+  st = ganbert_stage(
+    config, encoder.config, cfg, mesh, num_steps=p.steps, seed=seed,
+    batches=lambda: cls_data.Batches(train_enc, config.data.batch_size, seed, pad_multiple),
+    directory=workdir if resume else None, checkpoint_every=config.train.checkpoint_every if resume else 0,
+    meta={"method": method, "label_names": list(data.label_names), "seed": seed},
+    start=lambda state: with_encoder(state, encoder.params), evaluate=evaluate, writer=writer,
+    show_progress=show_progress)
+  try:
+    result = stage.run_stage(st, mesh)
+  finally:
+    writer.close()
+  done = result.done
   out: dict[str, Any] = {"method": method, "seed": seed, "data": data.name, "n_labeled": len(data.labeled),
                          "n_unlabeled": len(data.unlabeled) if method == "ganbert" else 0,
                          "labeled_fraction": data.labeled_fraction, "replication": p.replication,
-                         "steps": p.steps, "labeled_passes": p.labeled_passes, "step": result.step,
-                         "preempted": result.preempted, "train": result.last_metrics}
-  if result.preempted:
-    writer.close()
-    return out, state, cfg
-  probs = predict_probabilities(steps["predict"], state.d.params, test_enc, config.eval.batch_size, mesh,
-                                config.data.pad_multiple)
-  metrics = classification_metrics(test_enc.labels, probs.argmax(-1))
-  writer.write(result.step, metrics, "test")
-  writer.close()
-  out.update(metrics, wall_seconds=time.perf_counter() - t0, load_start=load_start, load_end=os.getloadavg()[0])
-  return out, state, cfg
+                         "steps": p.steps, "labeled_passes": p.labeled_passes, "step": done["step"],
+                         "preempted": False, "train": done["train"]}
+  out.update(done["eval"]["test"], wall_seconds=time.perf_counter() - t0, load_start=load_start,
+             load_end=os.getloadavg()[0])
+  return out, result.state, cfg
 
 
 def export_classifier(workdir: pathlib.Path, state: ganbert.GanBertState, cfg: ganbert.GanBertConfig,
                       encoder: EncoderBundle, data: cls_data.ClassificationData, config) -> pathlib.Path:
   """Saves encoder + D params (Orbax; not G) and JSON meta (labels, encoder, configs) to <workdir>/classifier, and
   the tokenizer files to <workdir>/classifier_assets, so prediction needs nothing but the workdir."""
-  assets = workdir / ASSETS
+  assets = workdir / predict.ASSETS
   if jax.process_index() == 0:
     assets.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
@@ -345,8 +256,8 @@ def check_config(config) -> None:
     raise InputError(f"mode={config.get('mode')!r} is unknown: use 'train' or 'experiment'")
   if config.method not in ganbert.METHODS:
     raise InputError(f"method={config.method!r} is unknown: use one of {', '.join(ganbert.METHODS)}")
-  if config.data.source not in SOURCES:
-    raise InputError(f"data.source={config.data.source!r} is unknown: use one of {', '.join(SOURCES)}")
+  if config.data.source not in cls_data.SOURCES:
+    raise InputError(f"data.source={config.data.source!r} is unknown: use one of {', '.join(cls_data.SOURCES)}")
   if config.data.max_len < 2:
     raise InputError(f"data.max_len={config.data.max_len} is too small: use at least 2 ([CLS] and [SEP])")
   batch_devices = run_batch_devices(config)
@@ -374,21 +285,20 @@ def run(config, workdir) -> dict:
     return run_experiment(config, workdir)
   t0 = time.perf_counter()
   r = common.start(config, workdir)
-  data = load_data(config.data, seed=config.seed)
+  data = cls_data.load_data(config.data, seed=config.seed)
   print(data.summary(), flush=True)
   encoder = load_encoder(config.model, config.data.max_len)
   result, state, cfg = train_and_evaluate(config, data, encoder, method=config.method, seed=config.seed,
                                           workdir=r.workdir, mesh=r.mesh, resume=True)
-  if result["preempted"]:
-    print(f"SIGTERM: saved step {result['step']} to {r.workdir / 'checkpoints'}; run again to resume", flush=True)
-    return result
   path = export_classifier(r.workdir, state, cfg, encoder, data, config)
   result["total_seconds"] = time.perf_counter() - t0
-  common.write_json(r.workdir / "results.json", result)
-  writers.plot_curves(r.workdir / "metrics.jsonl", r.workdir / "loss_curves.png",
-                      [("D / supervised loss", [("train", "d_loss"), ("train", "loss"), ("train", "d_sup")]),
-                       ("G loss", [("train", "g_loss"), ("train", "g_feature_matching")]),
-                       ("p(fake)", [("train", "p_fake_real"), ("train", "p_fake_fake")])])
+  stage.write_json(r.workdir / "results.json", result)
+  # Only panels with curves: the baseline logs no G loss or p(fake), and an empty panel warns about its legend.
+  panels = ([("D loss", [("train", "d_loss"), ("train", "d_sup")]),
+             ("G loss", [("train", "g_loss"), ("train", "g_feature_matching")]),
+             ("p(fake)", [("train", "p_fake_real"), ("train", "p_fake_fake")])] if config.method == "ganbert" else
+            [("supervised loss", [("train", "loss")])])
+  writers.plot_curves(r.workdir / "metrics.jsonl", r.workdir / "loss_curves.png", panels)
   r.writer.close()
   print(f"{config.method} on {data.name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
         f" ({result['steps']} steps, {result['wall_seconds']:.0f} s); classifier saved to {path}", flush=True)
@@ -407,7 +317,7 @@ def run_experiment(config, workdir) -> dict:
   r = common.start(config, workdir)
   exp = config.experiment
   if exp.compile_cache:
-    # Runs in one process already share compiled programs (ganbert.program); this also keeps them across
+    # Runs in one process already share compiled programs (`_functions`); this also keeps them across
     # processes, e.g. when an interrupted experiment is continued.
     jax.config.update("jax_compilation_cache_dir", str(r.workdir / "jax_cache"))
   fractions: Sequence[float | None] = list(exp.fractions) or [None]
@@ -431,15 +341,15 @@ def run_experiment(config, workdir) -> dict:
         if key in done:
           continue
         if data is None:
-          data = load_data(config.data, seed=seed, labeled_fraction=fraction)
+          data = cls_data.load_data(config.data, seed=seed, labeled_fraction=fraction)
         if encoder is None:
           encoder = load_encoder(config.model, config.data.max_len)
         print(f"[{key}] {data.summary()}", flush=True)
-        result, _, _ = train_and_evaluate(config, data, encoder, method=method, seed=seed,
-                                          workdir=r.workdir / key, mesh=r.mesh, show_progress=exp.progress)
-        if result["preempted"]:  # SIGTERM: the unfinished run is not recorded; running again redoes it
-          print(f"[{key}] SIGTERM at step {result['step']}: stopped; run the same command again to continue",
-                flush=True)
+        try:
+          result, _, _ = train_and_evaluate(config, data, encoder, method=method, seed=seed,
+                                            workdir=r.workdir / key, mesh=r.mesh, show_progress=exp.progress)
+        except Preempted as stop:  # SIGTERM: the unfinished run is not recorded; running again redoes it
+          print(f"[{key}] SIGTERM at step {stop.step}: stopped; run the same command again to continue", flush=True)
           return {"runs": list(done.values()), "preempted": True}
         result.update(key=key, fraction=fraction)
         print(f"[{key}] accuracy {result['accuracy']:.4f} macro-F1 {result['macro_f1']:.4f} "
@@ -453,7 +363,7 @@ def run_experiment(config, workdir) -> dict:
   rows = [done[_run_key(f, s, m)] for f in fractions for s in seeds for m in methods]
   write_report(config, rows, command)
   summary = summarize(rows)
-  common.write_json(r.workdir / "results.json", {"runs": rows, "summary": summary})
+  stage.write_json(r.workdir / "results.json", {"runs": rows, "summary": summary})
   r.writer.close()
   for row in summary:
     print(f"{row['label']} {row['method']}: accuracy {row['accuracy_mean']:.4f} +- {row['accuracy_std']:.4f}, "
@@ -487,7 +397,8 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
 
 
 def write_report(config, rows: Sequence[dict], command: str) -> None:
-  """Markdown table (mean +- std and every run) and the figure; hand-written notes below writers.NOTES_MARKER survive."""
+  """Markdown table (mean +- std and every run) and the figure; hand-written notes below writers.NOTES_MARKER
+  survive."""
   if jax.process_index() != 0 or not rows:
     return
   exp, data_cfg, opt = config.experiment, config.data, config.optimizer

@@ -1,46 +1,46 @@
-"""`objective='lm'`: pre-train a GPT-2 LM, evaluate perplexity and next-token accuracy, write samples."""
+"""`objective='lm'`: pre-train a GPT-2 LM, evaluate perplexity and next-token accuracy, write samples.
+
+`lm_stage` is the LM's Stage; the GAN's MLE pre-training, dfine's stage 1 and the augmentation arms use it too.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import time
 
 import jax
 import numpy as np
 
-from jaxtextgan import checkpoint, loop, sampling
-from jaxtextgan import tokenizers as tok
+from jaxtextgan import evaluation, sampling, stage, training, writers
 from jaxtextgan import sharding as shd
 from jaxtextgan.data import lm as lm_data
+from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import lm
 from jaxtextgan.tasks import common
-from jaxtextgan import writers
 
 
-def build(run: common.Run):
-  """Tokenizer, blocks, model config and a sharded initial state for `run.config`."""
-  cfg = run.config
-  splits = common.text_splits(cfg.data)
-  tokenizer = common.tokenizer_for(run.workdir, cfg.tokenizer.spec, splits["train"],
-                                     cfg.tokenizer.get("vocab_size") or None)
-  model_cfg = common.model_config(cfg.model, tokenizer.vocab_size)
-  common.check_seq_len(cfg.data.seq_len, model_cfg)
-  blocks = common.lm_blocks(run, cfg.data, tokenizer, splits)
-  state, shardings = lm.init_state(model_cfg, cfg.optimizer, jax.random.key(cfg.seed), run.mesh)
-  return tokenizer, blocks, model_cfg, state, shardings
+def lm_stage(name: str, directory: pathlib.Path | None, model_cfg: gpt2.GPT2Config, opt_cfg, train_blocks, *,
+             batch_size: int, seed: int, rng_seed: int, num_steps: int, meta: dict, evaluate=None, **options):
+  """MLE on next tokens (GAN seed eq. 1-2) over `train_blocks` (n, T+1); `options` are further Stage fields."""
+  blocks = getattr(train_blocks, "blocks", train_blocks)
+  init = lm.make_state_fn(model_cfg, opt_cfg)
+  seq_len = blocks.shape[1] - 1
+  n_params = gpt2.count_params(jax.eval_shape(init, jax.random.key(0)).params)
+  return stage.Stage(
+    name=name, directory=directory, init=init, steps=(lm.train_step,),
+    batches=lambda: lm_data.BatchIterator(blocks, batch_size, seed=seed, process_index=jax.process_index(),
+                                          process_count=jax.process_count()),
+    batch_spec=stage.int_batch(inputs=(batch_size, seq_len), targets=(batch_size, seq_len)), num_steps=num_steps, seed=seed, rng_seed=rng_seed,
+    meta={"model": dataclasses.asdict(model_cfg), **meta}, evaluate=evaluate,
+    tokens_per_step=batch_size * seq_len, compiler_options=training.lm_compiler_options(),
+    model_flops_per_step=batch_size * seq_len * gpt2.train_flops_per_token(n_params, model_cfg.n_layer, model_cfg.d_model, seq_len), **options)
 
 
-def make_evaluator(run: common.Run, state_shardings):
-  mesh = run.mesh
-  batch_sh = {k: shd.batch_sharding(mesh, n) for k, n in (("inputs", 2), ("targets", 2), ("mask", 1))}
-  eval_jit = jax.jit(lm.eval_step, in_shardings=(state_shardings, batch_sh), out_shardings=shd.replicated(mesh))
-
-  def evaluate(state, blocks, batch_size):
-    batches = lm_data.eval_batches(blocks, batch_size, process_index=jax.process_index(),
-                                   process_count=jax.process_count())
-    return lm.evaluate(eval_jit, state, batches, lambda b: shd.put_batch(b, mesh))
-
-  return evaluate
+def evaluate_splits(state, blocks: dict, splits, batch_size: int, mesh) -> dict:
+  """{split: perplexity, NLL and accuracy} of an LM state."""
+  return {s: evaluation.lm_metrics(state.graphdef, state.params, blocks[s], batch_size, mesh)
+          for s in splits if s in blocks}
 
 
 def write_samples(run: common.Run, state, tokenizer, step: int, name: str = "samples.txt"):
@@ -55,71 +55,49 @@ def write_samples(run: common.Run, state, tokenizer, step: int, name: str = "sam
   return texts
 
 
-def dry_run(config) -> dict:
-  """Lowers and compiles the LM train step for this config, mesh and batch; nothing is allocated or trained."""
-  from jaxtextgan import dryrun
-  mesh = shd.make_mesh(tuple(config.mesh_shape))
-  vocab = config.model.vocab_size
-  if not vocab:
-    splits = common.text_splits(config.data)
-    vocab = tok.build_tokenizer(config.tokenizer.spec, corpus_text=splits["train"],
-                                vocab_size=config.tokenizer.get("vocab_size") or None).vocab_size
-  model_cfg = common.model_config(config.model, vocab)
+def plan(config, run: common.Run | None = None):
+  """(tokenizer, blocks, model config, the Stage) of `config`; `run` None plans without a workdir (dry run)."""
+  splits = common.text_splits(config.data)
+  tokenizer = (common.tokenizer_for(run.workdir, config.tokenizer.spec, splits["train"],
+                                    config.tokenizer.get("vocab_size") or None) if run is not None else
+               common.build_tokenizer(config, splits))
+  model_cfg = common.model_config(config.model, tokenizer.vocab_size)
   common.check_seq_len(config.data.seq_len, model_cfg)
-  report = dryrun.lm_step_report(model_cfg, config.optimizer, mesh, config.data.batch_size, config.data.seq_len)
-  print(dryrun.format_report(report), flush=True)
-  return report
+  blocks = lm_data.lm_blocks(splits, tokenizer, config.data.seq_len,
+                             cache_dir=run.workdir / "cache" if run is not None else None)
+  train = config.train
+  mesh = run.mesh if run is not None else None
+  lm_stage_ = lm_stage(
+    "lm", run.workdir if run is not None else None, model_cfg, config.optimizer, blocks["train"],
+    batch_size=config.data.batch_size, seed=config.seed, rng_seed=config.seed + 1, num_steps=train.steps,
+    meta={"tokenizer": tokenizer.spec, "objective": "lm"}, keep=train.keep_checkpoints, log_every=train.log_every,
+    checkpoint_every=train.checkpoint_every, writer=run.writer if run is not None else None,
+    probe=lambda s, _: evaluate_splits(s, blocks, ("valid",), config.eval.batch_size, mesh)["valid"],
+    probe_every=train.eval_every,
+    evaluate=lambda s: evaluate_splits(s, blocks, ("valid", "test"), config.eval.batch_size, mesh))
+  return tokenizer, blocks, model_cfg, lm_stage_
+
+
+def dry_run_stages(config, mesh) -> list[stage.Stage]:
+  """The Stages `run` trains, for `--dry_run` (nothing is written; the tokenizer is built to know the vocabulary)."""
+  return [plan(config)[3]]
 
 
 def run(config, workdir) -> dict:
   """Trains (or resumes) to config.train.steps; returns the final validation/test metrics."""
   t0 = time.perf_counter()
   r = common.start(config, workdir)
-  tokenizer, blocks, model_cfg, state, shardings = build(r)
-  train_cfg = config.train
-  data_iter = lm_data.BatchIterator(blocks["train"], config.data.batch_size, seed=config.seed,
-                                    process_index=jax.process_index(), process_count=jax.process_count())
-  ckpt = checkpoint.Checkpointer(r.workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state, meta, step = restored
-    common.check_same_model(meta, model_cfg, r.workdir)
-    data_iter.restore(meta["data"])
-    print(f"resumed from {r.workdir / 'checkpoints' / str(step)} at step {step}", flush=True)
-
-  model_dict = dataclasses.asdict(model_cfg)
-  meta_fn = lambda: {"data": data_iter.state(), "model": model_dict, "tokenizer": tokenizer.spec,
-                     "objective": "lm"}
-  batch_sh = {k: shd.batch_sharding(r.mesh) for k in ("inputs", "targets")}
-  step_fn = lm.jit_train_step(r.mesh, shardings, batch_sh)
-  evaluate = make_evaluator(r, shardings)
-  eval_bs = config.eval.batch_size
-  eval_fn = lambda s, _: evaluate(s, blocks["valid"], eval_bs)
-  result = loop.run(state=state, step_fn=step_fn, batches=data_iter, put=lambda b: shd.put_batch(b, r.mesh),
-                    rng=jax.random.key(config.seed + 1), total_steps=train_cfg.steps, checkpointer=ckpt,
-                    writer=r.writer, meta_fn=meta_fn, log_every=train_cfg.log_every,
-                    checkpoint_every=train_cfg.checkpoint_every, eval_every=train_cfg.eval_every, eval_fn=eval_fn,
-                    tokens_per_step=config.data.batch_size * config.data.seq_len, desc="lm")
-  ckpt.close()
-  state = result.state
-  out = {"step": result.step, "preempted": result.preempted}
-  if result.preempted:
-    print(f"SIGTERM: saved step {result.step} to {r.workdir / 'checkpoints'}; run again to resume", flush=True)
-    return out
-  valid = evaluate(state, blocks["valid"], eval_bs)
-  r.writer.write(result.step, valid, "valid")
-  out["valid"] = valid
-  if "test" in blocks:
-    test = evaluate(state, blocks["test"], eval_bs)
-    r.writer.write(result.step, test, "test")
-    out["test"] = test
-  write_samples(r, state, tokenizer, result.step)
+  tokenizer, _, _, lm_stage_ = plan(config, r)
+  result = stage.run_stage(lm_stage_, r.mesh)
+  out = {"step": result.done["step"], "preempted": False, **result.done["eval"]}
+  write_samples(r, result.state, tokenizer, out["step"])
   writers.plot_curves(r.workdir / "metrics.jsonl", r.workdir / "loss_curves.png",
                       [("loss (nats/token)", [("train", "loss"), ("valid", "nll")]),
                        ("next-token accuracy", [("train", "accuracy"), ("valid", "accuracy")])])
   out["wall_seconds"] = time.perf_counter() - t0
-  common.write_json(r.workdir / "results.json", out)
+  stage.write_json(r.workdir / "results.json", out)
   r.writer.close()
+  valid = out["valid"]
   print(f"valid perplexity {valid['perplexity']:.2f}, accuracy {valid['accuracy']:.4f}"
         + (f"; test perplexity {out['test']['perplexity']:.2f}, accuracy {out['test']['accuracy']:.4f}"
            if "test" in out else "") + f"; {out['wall_seconds']:.0f} s", flush=True)

@@ -7,7 +7,6 @@ sample augmentation at the same temperature, and fine-tuning further on D_real a
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import pathlib
@@ -17,50 +16,16 @@ import time
 import jax
 import ml_collections
 
-from jaxtextgan.errors import InputError
-from jaxtextgan.models import gpt2
 from jaxtextgan.tasks import augment as augment_task
 from jaxtextgan.tasks import common
 from jaxtextgan.tasks import lm as lm_task
 
 
 
-def _copy(value):
-  """An unlocked deep copy (the command line locks the config; derived configs add keys)."""
-  if isinstance(value, ml_collections.ConfigDict):
-    return ml_collections.ConfigDict(value.to_dict())
-  return copy.deepcopy(value)
-
-def lm_config(config, which: str) -> ml_collections.ConfigDict:
-  """A `tasks.lm` config for the 12- or 24-layer model: its preset's depth at config.width."""
-  spec = config[which]
-  if spec.preset not in gpt2.PRESETS:
-    raise InputError(f"{which}.preset={spec.preset!r} is unknown: use one of {', '.join(sorted(gpt2.PRESETS))}")
-  fields = {**gpt2.PRESETS[spec.preset], **dict(config.width)}
-  model = {f: v for f, v in gpt2.GPT2Config().__dict__.items()}
-  model.update(fields)
-  model["vocab_size"] = 0
-  c = ml_collections.ConfigDict()
-  c.objective = "lm"
-  for key in ("seed", "mesh_shape", "data", "tokenizer", "eval", "sample"):
-    c[key] = _copy(config[key])
-  c.model = ml_collections.ConfigDict(model)
-  c.optimizer = _copy(config.optimizer)
-  c.optimizer.total_steps = spec.steps
-  c.train = _copy(config.train)
-  c.train.steps = spec.steps
-  return c
-
-
 def augment_config(config, lm24_dir: pathlib.Path) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.objective = "augment"
-  for key in ("seed", "mesh_shape", "data", "tokenizer", "eval", "sample", "gan", "augment", "finetune_optimizer"):
-    c[key] = _copy(config[key])
+  """config.augment_run (built in configs/table1.py on this run's fields), its base LM the 24-layer one."""
+  c = ml_collections.ConfigDict(config.augment_run.to_dict())
   c.lm_workdir = str(lm24_dir)
-  # Unused with lm_workdir set, but part of the augment config's schema.
-  base = lm_config(config, "lm24")
-  c.model, c.optimizer, c.train = base.model, base.optimizer, base.train
   return c
 
 
@@ -91,8 +56,8 @@ def render(config, rows, wall_seconds: float, splits) -> str:
     f"{jax.device_count()} {jax.devices()[0].platform.upper()} device(s); written "
     f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.",
     "",
-    f"Models: GPT-2 presets {config.lm12.preset} / {config.lm24.preset} at d_model={w.d_model}, n_head={w.n_head}, "
-    f"d_ff={w.d_ff}; {config.lm12.steps} / {config.lm24.steps} LM steps of {config.data.batch_size} x "
+    f"Models: GPT-2 of {config.lm12.model.n_layer} / {config.lm24.model.n_layer} layers at d_model={w.d_model}, "
+    f"n_head={w.n_head}, d_ff={w.d_ff}; {config.lm12.train.steps} / {config.lm24.train.steps} LM steps of {config.data.batch_size} x "
     f"{config.data.seq_len} tokens. The three fine-tuned rows start from the 24-layer LM and train "
     f"{config.augment.steps} more steps on the same batches and schedule; augmentation adds "
     f"ratio={config.augment.ratio} x |D_real| generated sequences (seed eq. 11-12), sampled at temperature "
@@ -112,16 +77,9 @@ def run(config, workdir) -> dict:
   lm12_dir, lm24_dir = r.workdir / "lm12", r.workdir / "lm24"
   base = {}
   for which, path in (("lm12", lm12_dir), ("lm24", lm24_dir)):
-    base[which] = _finished_lm(path, config[which].steps) or lm_task.run(lm_config(config, which), path)
-    if base[which].get("preempted"):
-      print(f"SIGTERM: {which} is saved in {path}; run again to resume", flush=True)
-      return base[which]
+    base[which] = _finished_lm(path, config[which].train.steps) or lm_task.run(config[which], path)
   aug = augment_task.run(augment_config(config, lm24_dir), r.workdir / "augment24")
-  if aug.get("preempted") or not aug.get("finished"):
-    print("SIGTERM: the augmentation stage is saved; run again to resume", flush=True)
-    return aug
-  layers12 = gpt2.PRESETS[config.lm12.preset]["n_layer"]
-  layers24 = gpt2.PRESETS[config.lm24.preset]["n_layer"]
+  layers12, layers24 = config.lm12.model.n_layer, config.lm24.model.n_layer
   rows = [("GPT-2 (base)", layers12, base["lm12"]),
           ("GPT-2 (deep)", layers24, base["lm24"]),
           ("GPT-2 + GAN augmentation", layers24, aug["arms"]["gan"]),

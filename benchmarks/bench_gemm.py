@@ -1,6 +1,6 @@
 """The GEMMs of one GPT-2 train step, timed shape by shape in XLA:CPU and in PyTorch, alternating.
 
-python -m jaxtextgan.bench_gemm --size=gpt2_small --batch=8 --seq=128 [--dtype=bfloat16] [--json=PATH]
+python -m benchmarks.bench_gemm --size=gpt2_small --batch=8 --seq=128 [--dtype=bfloat16] [--json=PATH]
 
 A GPT-2 train step is matmul-bound, so neither ours nor HF PyTorch's step can be faster than its GEMMs run by its
 matmul library. These are the 2-D GEMMs of one step, with M = batch * seq rows:
@@ -37,28 +37,24 @@ bf16 (`--dtype=bfloat16`) takes bf16 operands in both: XLA accumulates in fp32 (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
-from jaxtextgan.bench import SIZES, _version, cores
+from benchmarks.common import (OPT_DEFAULTS, add_shape_args, cores, jit_matmul, machine, machine_line, opt_cfg,
+                               save_json, single_device_mesh, torch_adamw, version)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+  p = argparse.ArgumentParser(prog="python -m benchmarks.bench_gemm", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--size", default="gpt2_small", choices=SIZES, help="GPT-2 preset (models/gpt2.py PRESETS)")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--seq", type=int, default=128)
-  p.add_argument("--vocab", type=int, default=0, help="vocabulary size; 0 = the preset's (GPT-2's 50257)")
+  add_shape_args(p)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--reps", type=int, default=4, help="bursts of each GEMM in each library, alternating")
   p.add_argument("--burst", type=int, default=3, help="calls per burst; all but the first are timed (median)")
   p.add_argument("--no_torch", action="store_true", help="time XLA only")
   p.add_argument("--no_optimizer", action="store_true", help="skip timing the clip + AdamW update")
-  p.add_argument("--json", default="", help="write the report here")
   args = p.parse_args(argv)
   if args.reps < 1 or args.batch < 1 or args.seq < 1 or args.burst < 2 or args.vocab < 0:
     p.error("--reps, --batch and --seq must be positive, --burst at least 2 and --vocab not negative")
@@ -90,15 +86,13 @@ def step_gemms(n_layer: int, d_model: int, d_ff: int, vocab: int, rows: int) -> 
   return gemms
 
 
-def _xla_call(lhs, rhs, dims, bf16: bool):
+def _xla_call(lhs, rhs, dims):
   """lhs . rhs over `dims`, timed as the row-major (M, K) . (K, N) product (operands transposed beforehand)."""
   import jax
-  import jax.numpy as jnp
   # Eagerly transposed arrays are new buffers in the default (row-major) layout.
   a = jax.block_until_ready(lhs if dims[0] == 1 else lhs.T)
   b = jax.block_until_ready(rhs if dims[1] == 0 else rhs.T)
-  out = jnp.float32 if bf16 else None
-  fn = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=out))
+  fn = jit_matmul()
   return lambda: fn(a, b).block_until_ready()
 
 
@@ -115,27 +109,28 @@ def _timed(call) -> float:
   return time.perf_counter() - t0
 
 
-def _bursts(calls: dict, reps: int, burst: int) -> dict[str, list[float]]:
-  """Alternating bursts (see the module docstring): {library: timed seconds}."""
+def _bursts(calls: dict, args, out: dict) -> dict[str, float]:
+  """Times `calls` in alternating bursts (see the module docstring) into `out`; returns {library: median seconds}."""
   seconds = {lib: [] for lib in calls}
   order = list(calls)
-  for rep in range(reps):
+  for rep in range(args.reps):
     for lib in (order if rep % 2 == 0 else order[::-1]):
       calls[lib]()
-      seconds[lib].extend(_timed(calls[lib]) for _ in range(burst - 1))
-  return seconds
+      seconds[lib].extend(_timed(calls[lib]) for _ in range(args.burst - 1))
+  for lib, s in seconds.items():
+    out[f"{lib}_seconds"] = s
+    out[f"{lib}_seconds_median"] = statistics.median(s)
+  return {lib: out[f"{lib}_seconds_median"] for lib in seconds}
 
 
 def _optimizer_calls(cfg, torch) -> tuple[dict, int]:
   """One clip + AdamW update over GPT-2's parameters in each library, with constant gradients: ({lib: call}, N)."""
   import jax
   import jax.numpy as jnp
-  from jaxtextgan import bench, sharding
   from jaxtextgan.objectives import lm
 
-  opt_args = argparse.Namespace(lr=1e-4, weight_decay=0.01, grad_clip=1.0)  # the bench's defaults
-  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  state, _ = lm.init_state(cfg, bench._opt_cfg(opt_args), jax.random.key(0), mesh)
+  opt_args = argparse.Namespace(**OPT_DEFAULTS)
+  state, _ = lm.init_state(cfg, opt_cfg(opt_args), jax.random.key(0), single_device_mesh())
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), state.params)
   update = jax.jit(lambda state, grads: state.apply_gradients(grads), donate_argnums=0)
   box = [update(state, grads)]
@@ -149,7 +144,7 @@ def _optimizer_calls(cfg, torch) -> tuple[dict, int]:
     params = [torch.zeros(x.shape, requires_grad=True) for x in leaves]
     for t in params:
       t.grad = torch.full(t.shape, 1e-3)
-    opt = bench.torch_adamw(params, opt_args)
+    opt = torch_adamw(params, opt_args)
 
     def torch_update():
       torch.nn.utils.clip_grad_norm_(params, opt_args.grad_clip)
@@ -176,13 +171,12 @@ def run(args) -> dict:
       print("bench_gemm: torch is not installed; timing XLA only (pip install torch to compare)", file=sys.stderr)
   bf16 = args.dtype == "bfloat16"
   rng = np.random.default_rng(0)
-  report = {"config": vars(args), "machine": {"cores": cores(), "loadavg_start": os.getloadavg(),
-                                               "xla_flags": os.environ.get("XLA_FLAGS", "")},
-            "versions": {m: _version(m) for m in ("jax", "jaxlib", "torch")}, "gemms": []}
+  report = {"config": vars(args), "machine": machine(),
+            "versions": {m: version(m) for m in ("jax", "jaxlib", "torch")}, "gemms": []}
   for g in gemms:
     lhs32, rhs32 = (rng.standard_normal(s, dtype=np.float32) for s in (g["lhs"], g["rhs"]))
     jdt = jnp.bfloat16 if bf16 else jnp.float32
-    calls = {"xla": _xla_call(jnp.asarray(lhs32, jdt), jnp.asarray(rhs32, jdt), g["dims"], bf16)}
+    calls = {"xla": _xla_call(jnp.asarray(lhs32, jdt), jnp.asarray(rhs32, jdt), g["dims"])}
     if torch is not None:
       tdt = torch.bfloat16 if bf16 else torch.float32
       calls["torch"] = _torch_call(torch.from_numpy(lhs32).to(tdt), torch.from_numpy(rhs32).to(tdt), g["dims"])
@@ -191,10 +185,8 @@ def run(args) -> dict:
       # Both timed calls compute the same product (a check on the layouts above), to their precision.
       x, t = np.asarray(out["xla"], np.float32), out["torch"].float().numpy()
       g["max_rel_diff"] = float(np.abs(x - t).max() / np.abs(x).max())
-    for lib, s in _bursts(calls, args.reps, args.burst).items():
-      g[f"{lib}_seconds"] = s
-      g[f"{lib}_seconds_median"] = statistics.median(s)
-      g[f"{lib}_gflops_per_second"] = g["flops"] / statistics.median(s) / 1e9
+    for lib, median in _bursts(calls, args, g).items():
+      g[f"{lib}_gflops_per_second"] = g["flops"] / median / 1e9
     report["gemms"].append(g)
   libs = ["xla"] + (["torch"] if torch is not None else [])
   report["step"] = {"flops": sum(g["count"] * g["flops"] for g in gemms)}
@@ -205,11 +197,9 @@ def run(args) -> dict:
   if not args.no_optimizer:
     calls, n = _optimizer_calls(cfg, torch)
     opt = report["optimizer"] = {"params": n}
-    for lib, s in _bursts(calls, args.reps, args.burst).items():
-      opt[f"{lib}_seconds"] = s
-      opt[f"{lib}_seconds_median"] = statistics.median(s)
-      report["step"][f"{lib}_floor_seconds"] = report["step"][f"{lib}_seconds"] + statistics.median(s)
-  report["machine"]["loadavg_end"] = os.getloadavg()
+    for lib, median in _bursts(calls, args, opt).items():
+      report["step"][f"{lib}_floor_seconds"] = report["step"][f"{lib}_seconds"] + median
+  report["machine"]["loadavg_end"] = list(os.getloadavg())
   return report
 
 
@@ -241,8 +231,8 @@ def format_table(report: dict) -> str:
       line += f", PyTorch {step['torch_floor_seconds']:.3f} s"
     lines.append(line)
   m = report["machine"]
-  lines.append(f"{report['config']['dtype']}, cores {m['cores']}, load average {m['loadavg_start'][0]:.2f} at start, "
-               f"{m['loadavg_end'][0]:.2f} at end" + (f", XLA_FLAGS={m['xla_flags']}" if m["xla_flags"] else ""))
+  lines.append(f"{report['config']['dtype']}, {machine_line(m)}"
+               + (f", XLA_FLAGS={m['xla_flags']}" if m["xla_flags"] else ""))
   return "\n".join(lines)
 
 
@@ -250,9 +240,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   report = run(args)
   print(format_table(report))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=1)
+  save_json(args.json, report)
   return 0
 
 

@@ -1,6 +1,6 @@
 """Training-step benchmark: jaxtextgan's objectives against Hugging Face GPT-2 in PyTorch and Flax, in one run.
 
-python -m jaxtextgan.bench --size=gpt2_small --batch=8 --seq=128 --steps=7 --json=bench.json
+python -m benchmarks.bench --size=gpt2_small --batch=8 --seq=128 --steps=7 --json=bench.json
 
 Protocol. The driver (this process, which never imports JAX) starts one worker subprocess per (framework,
 objective), so each worker's peak RSS is its own. Workers are set up one at a time: import, build, compile (timed),
@@ -46,11 +46,15 @@ import tempfile
 import time
 from typing import Any
 
+from benchmarks.common import (OPT_DEFAULTS, add_shape_args, cores, jit_matmul, machine, machine_line,
+                               opt_cfg, save_json, single_device_mesh, torch_adamw, version)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECTIVES = ("lm", "gan", "ganbert", "dfine")
 PEERS = ("torch", "flax", "torch_bf16")
-SIZES = ("tiny", "gpt2_small", "gpt2_24l")
 VARIANTS = ("unrolled", "scan", "bf16")
 PEAKS = ("peak:matmul", "peak:matmul_bf16")
+JAXPR_FLOPS = "jaxpr matmuls (scan bodies x length)"
 
 # GAN-BERT's encoder at each size: BERT widths matching the GPT-2 preset of the same name.
 BERT_SIZES = {
@@ -62,10 +66,8 @@ BERT_SIZES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m jaxtextgan.bench", description=__doc__.split("\n\n")[0])
-  p.add_argument("--size", default="gpt2_small", choices=SIZES, help="GPT-2 preset (models/gpt2.py PRESETS)")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--seq", type=int, default=128)
+  p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
+  add_shape_args(p)
   p.add_argument("--steps", type=int, default=7, help="timed rounds (one step of every worker per round)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per worker after compiling")
   p.add_argument("--peers", default="torch,flax",
@@ -75,14 +77,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="comma list of unrolled, scan (our GPT-2 layer layouts, models/gpt2.py scan_layers) and "
                       "bf16 (unrolled, bfloat16 compute): the first is used for every objective; each further one "
                       "adds an LM worker 'jaxtextgan:lm@VARIANT' to the same rounds")
-  p.add_argument("--vocab", type=int, default=0, help="vocabulary size; 0 = the preset's (GPT-2's 50257)")
   p.add_argument("--dropout", type=float, default=0.1, help="GPT-2's default; the same in every framework")
-  p.add_argument("--lr", type=float, default=1e-4)
-  p.add_argument("--weight_decay", type=float, default=0.01)
-  p.add_argument("--grad_clip", type=float, default=1.0)
+  for name, default in OPT_DEFAULTS.items():
+    p.add_argument(f"--{name}", type=float, default=default)
   p.add_argument("--peak_n", type=int, default=4096, help="side of the fp32 matmul that measures the peak")
   p.add_argument("--threads", type=int, default=0, help="PyTorch threads; 0 = the cores this process may use")
-  p.add_argument("--json", default="", help="write the report here")
   p.add_argument("--profile", default="",
                  help="directory: trace one extra step of each JAX worker (ours, HF Flax) here")
   p.add_argument("--gan_len", type=int, default=32,
@@ -102,19 +101,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error(f"--variants: {args.variants!r}; use a comma list of {', '.join(VARIANTS)}")
   # A worker named 'jaxtextgan:lm@scan' builds that variant; every other worker the first one listed.
   args.variant = args.worker.partition("@")[2] or args.variant_list[0]
-  for x in args.peer_list:
-    if x not in PEERS:
-      p.error(f"--peers: {x!r} is unknown; use a comma list of {', '.join(PEERS)}")
-  for x in args.objective_list:
-    if x not in OBJECTIVES:
-      p.error(f"--objectives: {x!r} is unknown; use a comma list of {', '.join(OBJECTIVES)}")
+  for flag, given, known in (("--peers", args.peer_list, PEERS), ("--objectives", args.objective_list, OBJECTIVES)):
+    for x in given:
+      if x not in known:
+        p.error(f"{flag}: {x!r} is unknown; use a comma list of {', '.join(known)}")
   if args.steps < 1 or args.batch < 1 or args.seq < 2:
     p.error("--steps and --batch must be positive and --seq at least 2")
   return args
-
-
-def cores() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def peak_rss_mb() -> float:
@@ -165,16 +158,24 @@ def xla_flops(compiled) -> float:
 # ------------------------------------------------------------------------------------------------------ workers
 
 
-def _opt_cfg(args) -> dict:
-  # Constant learning rate: the schedule does not change the work, and every peer gets the same AdamW.
-  return dict(lr=args.lr, total_steps=1_000_000, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
-              weight_decay=args.weight_decay, grad_clip_norm=args.grad_clip)
-
-
 def _tokens(args, vocab: int, seed: int = 0):
   import numpy as np
   ids = np.random.default_rng(seed).integers(0, vocab, (args.batch, args.seq + 1)).astype(np.int32)
   return ids[:, :-1], ids[:, 1:]
+
+
+def _lm_batch(args, vocab: int) -> dict:
+  import jax.numpy as jnp
+  inputs, targets = _tokens(args, vocab)
+  return {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
+
+
+def _lm_info(args, cfg, n: int) -> dict:
+  """Parameters, tokens and analytic FLOPs of one LM step (ours and the peers: the same model)."""
+  from jaxtextgan import dryrun
+  tokens = args.batch * args.seq
+  return dict(params=n, tokens_per_step=tokens, flops_source="6N + 12*L*d*T per token",
+              flops_per_step=tokens * dryrun.lm_flops_per_token(n, cfg.n_layer, cfg.d_model, args.seq))
 
 
 def _gpt2_cfg(args):
@@ -204,9 +205,7 @@ class JaxWorker:
     self.info: dict[str, Any] = {"framework": "jax " + jax.__version__, "devices": 1}
 
   def mesh(self):
-    import jax
-    from jaxtextgan import sharding as shd
-    return shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    return single_device_mesh()
 
   def compile(self, jitted, *example):
     """AOT lower + compile (timed), returning the executable; also XLA's FLOP count."""
@@ -229,6 +228,11 @@ class JaxWorker:
     import jax
     jax.block_until_ready(out)
 
+  def step(self):
+    """One train step of `self.fn` on (state, batch, rng); workers with other operands override it."""
+    self.state, metrics = self.fn(self.state, self.batch, self.rng)
+    self.sync(metrics)
+
   def profile(self, directory: str) -> dict:
     import jax
     path = os.path.join(directory, self.name)
@@ -243,29 +247,21 @@ class OursLM(JaxWorker):
 
   def setup(self):
     import jax
-    import jax.numpy as jnp
-    from jaxtextgan import dryrun
     from jaxtextgan import sharding as shd
+    from jaxtextgan import training
     from jaxtextgan.models import gpt2
     from jaxtextgan.objectives import lm
     args, cfg = self.args, _gpt2_cfg(self.args)
     mesh = self.mesh()
-    self.state, shardings = lm.init_state(cfg, _opt_cfg(args), jax.random.key(0), mesh)
-    inputs, targets = _tokens(args, cfg.vocab_size)
-    self.batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
+    self.state, shardings = lm.init_state(cfg, opt_cfg(args), jax.random.key(0), mesh)
+    self.batch = _lm_batch(args, cfg.vocab_size)
     self.rng = jax.random.key(1)
     batch_sh = {k: shd.batch_sharding(mesh, 2) for k in self.batch}
-    jitted = lm.jit_train_step(mesh, shardings, batch_sh)
+    jitted = training.jit_step(lm.train_step, mesh, shardings, batch_sh,
+                               compiler_options=training.lm_compiler_options())
     self.count_flops(lm.train_step, self.state, self.batch, self.rng)
     self.fn = self.compile(jitted, self.state, self.batch, self.rng)
-    n = gpt2.count_params(self.state.params)
-    tokens = args.batch * args.seq
-    self.info.update(params=n, tokens_per_step=tokens, flops_source="6N + 12*L*d*T per token",
-                     flops_per_step=tokens * dryrun.lm_flops_per_token(n, cfg.n_layer, cfg.d_model, args.seq))
-
-  def step(self):
-    self.state, metrics = self.fn(self.state, self.batch, self.rng)
-    self.sync(metrics)
+    self.info.update(_lm_info(args, cfg, gpt2.count_params(self.state.params)))
 
 
 class OursGAN(JaxWorker):
@@ -275,6 +271,8 @@ class OursGAN(JaxWorker):
   def setup(self):
     import jax
     import jax.numpy as jnp
+    from jaxtextgan import sharding as shd
+    from jaxtextgan import training
     from jaxtextgan.models import discriminator as disc_lib
     from jaxtextgan.models import generator as gen_lib
     from jaxtextgan.objectives import gan
@@ -287,22 +285,20 @@ class OursGAN(JaxWorker):
                                             d_ff=lm_cfg.d_ff, dropout=args.dropout)
     cfg = gan.GANConfig(loss="wgan-gp", n_critic=1, batch_size=args.batch)
     mesh = self.mesh()
-    opt = _opt_cfg(args)
-    self.state, shardings = gan.init_state(gen_cfg, lm_cfg, disc_cfg, opt, opt, jax.random.key(0), mesh)
+    opt = opt_cfg(args)
+    self.state, shardings = training.init_sharded_state(gan.make_state_fn(gen_cfg, lm_cfg, disc_cfg, opt, opt),
+                                                         jax.random.key(0), mesh)
     real, _ = _tokens(args, lm_cfg.vocab_size)
     self.batch = {"real": jnp.asarray(real)[:, None, :args.gan_len]}
     self.rng = jax.random.key(1)
     _, _, train_step = gan.make_steps(cfg, gen_cfg.latent_dim, mesh)
     self.count_flops(train_step, self.state, self.batch, self.rng)
-    self.fn = self.compile(gan.jit_train_step(train_step, mesh, shardings), self.state, self.batch, self.rng)
+    jitted = training.jit_step(train_step, mesh, shardings, {"real": shd.batch_sharding(mesh, 3)})
+    self.fn = self.compile(jitted, self.state, self.batch, self.rng)
     self.info.update(tokens_per_step=args.batch * args.gan_len,
-                     flops_source="jaxpr matmuls (scan bodies x length)",
+                     flops_source=JAXPR_FLOPS,
                      note=f"WGAN-GP, n_critic=1, G = GPT-2 decoding {args.gan_len} tokens with a KV cache, "
                           "D = a Transformer of G's size; tokens = generated tokens")
-
-  def step(self):
-    self.state, metrics = self.fn(self.state, self.batch, self.rng)
-    self.sync(metrics)
 
 
 class OursGanBert(JaxWorker):
@@ -323,7 +319,7 @@ class OursGanBert(JaxWorker):
                                   **({"vocab_size": args.vocab} if args.vocab else {})})
     cfg = ganbert.GanBertConfig(num_classes=6)
     mesh = self.mesh()
-    opt = _opt_cfg(args)
+    opt = opt_cfg(args)
     prog = ganbert.program(bert_cfg, cfg, opt, opt, mesh)
     self.state = prog.init_random(jax.random.key(0))
     ids, _ = _tokens(args, bert_cfg.vocab_size)
@@ -336,7 +332,7 @@ class OursGanBert(JaxWorker):
     self.count_flops(g_step, self.state, self.batch, self.rng)
     self.d = self.compile(prog.steps["d_step"], self.state, self.batch, self.rng)
     self.g = self.compile(prog.steps["g_step"], self.state, self.batch, self.rng)
-    self.info.update(tokens_per_step=args.batch * args.seq, flops_source="jaxpr matmuls (scan bodies x length)",
+    self.info.update(tokens_per_step=args.batch * args.seq, flops_source=JAXPR_FLOPS,
                      note=f"BERT {bert_cfg.num_hidden_layers}x{bert_cfg.hidden_size}, 6 classes; d_step + g_step")
 
   def step(self):
@@ -351,29 +347,28 @@ class OursDfine(JaxWorker):
 
   def setup(self):
     import jax
-    import jax.numpy as jnp
     from jaxtextgan import sharding as shd
+    from jaxtextgan import training
     from jaxtextgan.objectives import dfine
     args, cfg = self.args, _gpt2_cfg(self.args)
     mesh = self.mesh()
-    opt = _opt_cfg(args)
+    opt = opt_cfg(args)
     self.state, shardings = dfine.init_state(cfg, opt, jax.random.key(0), mesh)
     _, param_sh = dfine.param_shardings(cfg, mesh)
     q0, _ = dfine.init_state(cfg, opt, jax.random.key(2), mesh)
     disc, _ = dfine.init_state(cfg, opt, jax.random.key(3), mesh)
-    self.frozen = dfine.frozen_tree(q0=q0.params, disc=disc.params)
+    self.frozen = {"q0": q0.params, "disc": disc.params}
     del q0, disc  # their optimizer states are not needed
     frozen_sh = {"q0": param_sh, "disc": param_sh}
-    inputs, targets = _tokens(args, cfg.vocab_size)
-    self.batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
+    self.batch = _lm_batch(args, cfg.vocab_size)
     batch_sh = {k: shd.batch_sharding(mesh, 2) for k in self.batch}
     self.rng = jax.random.key(1)
     graphdef = dfine.graphdef_of(cfg)
     step = dfine.make_finetune_step(graphdef, graphdef, kind="dfine")
     self.count_flops(step, self.state, self.frozen, self.batch, self.rng)
-    jitted = dfine.jit_stage(step, mesh, shardings, frozen_sh, batch_sh)
+    jitted = training.jit_step(step, mesh, shardings, batch_sh, frozen_shardings=frozen_sh)
     self.fn = self.compile(jitted, self.state, self.frozen, self.batch, self.rng)
-    self.info.update(tokens_per_step=args.batch * args.seq, flops_source="jaxpr matmuls (scan bodies x length)",
+    self.info.update(tokens_per_step=args.batch * args.seq, flops_source=JAXPR_FLOPS,
                      note="fine-tune stage: q0 and D forward, the model forward + backward + AdamW")
 
   def step(self):
@@ -386,14 +381,6 @@ def _hf_config(args, cfg):
   return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
                     n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function="gelu_new", resid_pdrop=args.dropout,
                     embd_pdrop=args.dropout, attn_pdrop=args.dropout, layer_norm_epsilon=cfg.norm_eps)
-
-
-def torch_adamw(params: list, args):
-  """`torch.optim.AdamW` as `_opt_cfg` configures ours: weight decay on matrices only, constant lr."""
-  import torch
-  return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
-                            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                           lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 class TorchLM:
@@ -412,7 +399,6 @@ class TorchLM:
   def setup(self):
     import torch
     from transformers import GPT2LMHeadModel
-    from jaxtextgan import dryrun
     args, cfg = self.args, _gpt2_cfg(self.args)
     torch.manual_seed(0)
     self.model = GPT2LMHeadModel(_hf_config(args, cfg))
@@ -420,11 +406,8 @@ class TorchLM:
     self.opt = torch_adamw(list(self.model.parameters()), args)
     inputs, targets = _tokens(args, cfg.vocab_size)
     self.inputs, self.targets = torch.from_numpy(inputs).long(), torch.from_numpy(targets).long()
-    n = sum(p.numel() for p in self.model.parameters())
-    tokens = args.batch * args.seq
-    self.info.update(params=n, tokens_per_step=tokens, flops_source="6N + 12*L*d*T per token",
-                     attn_implementation=self.model.config._attn_implementation,
-                     flops_per_step=tokens * dryrun.lm_flops_per_token(n, cfg.n_layer, cfg.d_model, args.seq))
+    self.info.update(_lm_info(args, cfg, sum(p.numel() for p in self.model.parameters())),
+                     attn_implementation=self.model.config._attn_implementation)
 
   def step(self):
     import torch
@@ -449,9 +432,8 @@ class FlaxLM(JaxWorker):
     import optax
     import transformers
     from transformers import FlaxGPT2LMHeadModel
-    from jaxtextgan import dryrun
     args, cfg = self.args, _gpt2_cfg(self.args)
-    self.info["framework"] += f", flax {_version('flax')}, transformers {transformers.__version__}"
+    self.info["framework"] += f", flax {version('flax')}, transformers {transformers.__version__}"
     model = FlaxGPT2LMHeadModel(_hf_config(args, cfg), seed=0, dtype=jnp.float32)
     decay_mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
     tx = optax.chain(optax.clip_by_global_norm(args.grad_clip),
@@ -469,18 +451,14 @@ class FlaxLM(JaxWorker):
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, step + 1, loss
 
-    inputs, targets = _tokens(args, cfg.vocab_size)
-    self.batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
+    self.batch = _lm_batch(args, cfg.vocab_size)
     self.params = model.params
     self.opt_state = tx.init(self.params)
     self.count = jnp.zeros((), jnp.int32)
     self.rng = jax.random.PRNGKey(1)
     example = (self.params, self.opt_state, self.count, self.batch, self.rng)
     self.fn = self.compile(jax.jit(train_step, donate_argnums=(0, 1)), *example)
-    n = sum(x.size for x in jax.tree.leaves(self.params))
-    tokens = args.batch * args.seq
-    self.info.update(params=n, tokens_per_step=tokens, flops_source="6N + 12*L*d*T per token",
-                     flops_per_step=tokens * dryrun.lm_flops_per_token(n, cfg.n_layer, cfg.d_model, args.seq))
+    self.info.update(_lm_info(args, cfg, sum(x.size for x in jax.tree.leaves(self.params))))
 
   def step(self):
     self.params, self.opt_state, self.count, loss = self.fn(self.params, self.opt_state, self.count, self.batch,
@@ -501,7 +479,7 @@ class MatmulPeak(JaxWorker):
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     self.ab = (a, b)
-    self.fn = self.compile(jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32)), a, b)
+    self.fn = self.compile(jit_matmul(), a, b)
     self.info.update(matmul_n=n, flops_per_step=2.0 * n ** 3, flops_source="2 N^3")
 
   def step(self):
@@ -511,14 +489,6 @@ class MatmulPeak(JaxWorker):
 WORKERS = {cls.name: cls for cls in (OursLM, OursGAN, OursGanBert, OursDfine, TorchLM, FlaxLM, MatmulPeak)}
 WORKERS["torch_bf16:lm"] = TorchLM
 WORKERS["peak:matmul_bf16"] = MatmulPeak
-
-
-def _version(module: str) -> str:
-  try:
-    from importlib.metadata import version
-    return version(module)
-  except Exception:  # noqa: BLE001 - a missing distribution only blanks the label
-    return "?"
 
 
 def summarize_trace(path: str, top: int = 12) -> dict:
@@ -596,9 +566,9 @@ class Proc:
     self.name = name
     self.log_path = os.path.join(log_dir, name.replace(":", "_") + ".log")
     self.log = None if verbose else open(self.log_path, "w")
-    cmd = [sys.executable, "-m", "jaxtextgan.bench", *argv, f"--worker={name}"]
+    cmd = [sys.executable, "-m", "benchmarks.bench", *argv, f"--worker={name}"]
     self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                              bufsize=1)
+                              bufsize=1, cwd=ROOT)
 
   def send(self, **req):
     try:
@@ -655,20 +625,16 @@ def _peer_unavailable(peer: str) -> str | None:
   return None
 
 
-def _forward_argv(args) -> list[str]:
-  keep = ("size", "batch", "seq", "variants", "gan_len", "warmup", "vocab", "dropout", "lr", "weight_decay",
-          "grad_clip", "peak_n", "threads")
-  return [f"--{k}={getattr(args, k)}" for k in keep]
+# The flags the driver passes on to its workers.
+FORWARDED = ("size", "batch", "seq", "variants", "gan_len", "warmup", "vocab", "dropout", "lr", "weight_decay",
+             "grad_clip", "peak_n", "threads")
 
 
 def run(args) -> dict:
   """Runs every phase and returns the report (see the module docstring for the protocol)."""
   report: dict[str, Any] = {
-    "config": {k: getattr(args, k) for k in ("size", "batch", "seq", "variants", "gan_len", "steps", "warmup",
-                                             "vocab", "dropout", "lr", "weight_decay", "grad_clip", "peak_n",
-                                             "sequential")},
-    "machine": {"cores": cores(), "loadavg_start": list(os.getloadavg()), "python": sys.version.split()[0],
-                "xla_flags": os.environ.get("XLA_FLAGS", "")},
+    "config": {k: getattr(args, k) for k in (*FORWARDED, "steps", "sequential")},
+    "machine": machine(),
     "protocol": "one subprocess per worker; set up one at a time (compile + warm-up); then rounds of one timed "
                 "step per worker in rotating order (A B C, B C A, ...); medians over rounds",
     "parallel_setup": args.parallel_setup,
@@ -692,7 +658,7 @@ def run(args) -> dict:
     phases = [[name] for phase in phases for name in phase]
   # bf16 workers are measured against the bf16 matmul peak, a second peak worker in the same rounds.
   any_bf16 = any(precision(name, args.variant_list[0]) == "bf16" for phase in phases for name in phase)
-  argv = _forward_argv(args)
+  argv = [f"--{k}={getattr(args, k)}" for k in FORWARDED]
   samples: dict[str, list[float]] = {}
   cpu: dict[str, list[float]] = collections.defaultdict(list)
   with tempfile.TemporaryDirectory(prefix="jaxtextgan_bench_") as log_dir:
@@ -839,9 +805,7 @@ def format_table(report: dict) -> str:
     comp = ratio["compile_seconds"]
     lines.append(f"{key}: tokens/s x{ratio['tokens_per_second']:.2f}, peak RSS x{ratio['peak_rss']:.2f}"
                  + (f", compile time x{comp:.2f}" if comp is not None else ""))
-  m = report["machine"]
-  lines.append(f"cores {m['cores']}, load average {m['loadavg_start'][0]:.2f} at start, "
-               f"{m.get('loadavg_end', [float('nan')])[0]:.2f} at end")
+  lines.append(machine_line(report["machine"]))
   return "\n".join(lines)
 
 
@@ -851,9 +815,7 @@ def main(argv=None) -> int:
     return worker_main(args)
   report = run(args)
   print(format_table(report))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=1)
+  save_json(args.json, report)
   bad = [n for n, r in report["results"].items() if r.get("status") == "error"]
   return 1 if bad else 0
 
