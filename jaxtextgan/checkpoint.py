@@ -38,7 +38,10 @@ class Checkpointer:
   def _open(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
                                            enable_async_checkpointing=self._async)
-    return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+    # Explicit handlers: with item names alone, reading an item's metadata logs two absl warnings per resume.
+    return ocp.CheckpointManager(self.directory, options=options,
+                                 item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                "meta": ocp.JsonCheckpointHandler()})
 
   @property
   def steps(self) -> list[int]:

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtextgan.errors import InputError
-from jaxtextgan.models import bert, mlp
+from jaxtextgan.models import bert, hf_bert, mlp
 
 ASSETS = "classifier_assets"  # where a GAN-BERT run keeps the encoder's tokenizer files
 HEAD_TEMPLATE = pathlib.Path(__file__).with_name("export_ganbert_head.py")
@@ -55,7 +55,7 @@ def bert_weights_to_hf(params: dict, cfg: bert.BertConfig) -> dict[str, np.ndarr
   stacked 'layers' weights."""
   weights = {}
   # load_bert's own table (HF name -> our path, HF -> ours transform), so the two directions cannot drift apart.
-  for template, (path, to_ours) in bert._expected_names(cfg).items():  # pylint: disable=protected-access
+  for template, (path, to_ours) in hf_bert._expected_names(cfg).items():  # pylint: disable=protected-access
     value = params
     for key in path:
       value = value[key]

@@ -62,9 +62,10 @@ def run(*, state, step_fn: Callable, batches: Iterator[dict], put: Callable[[dic
         total_steps: int, start: int | None = None, checkpointer: Checkpointer | None, writer: MetricWriter, meta_fn: Callable[[], dict],
         log_every: int = 50, checkpoint_every: int = 0, eval_every: int = 0,
         eval_fn: Callable[[Any, int], dict] | None = None, tokens_per_step: int = 0, desc: str = "train",
-        show_progress: bool = True) -> LoopResult:
+        show_progress: bool = True, flops_per_step: float = 0.0, peak_flops: float = 0.0) -> LoopResult:
   """Trains from step `start` (default `state.step`) to `total_steps`. Returns early (after a checkpoint) on
-  SIGTERM."""
+  SIGTERM. Every `log_every` steps it writes the mean metrics, steps/s, tokens/s and, given the FLOPs of one step
+  and the devices' peak FLOP/s, the model FLOPs utilisation `mfu`."""
   start = int(jax.device_get(state.step)) if start is None else start
   last_metrics: dict = {}
   preempted = False
@@ -88,9 +89,11 @@ def run(*, state, step_fn: Callable, batches: Iterator[dict], put: Callable[[dic
         last_metrics["steps_per_sec"] = rate
         if tokens_per_step:
           last_metrics["tokens_per_sec"] = rate * tokens_per_step
+        if flops_per_step and peak_flops > 0:  # model FLOPs utilisation (jaxtextgan.mfu)
+          last_metrics["mfu"] = rate * flops_per_step / peak_flops
         writer.write(step, last_metrics, "train")
         t_last, step_last = time.perf_counter(), step
-        bar.set_postfix({k: f"{last_metrics[k]:.4g}" for k in ("loss", "d_loss", "g_loss", "tokens_per_sec")
+        bar.set_postfix({k: f"{last_metrics[k]:.4g}" for k in ("loss", "d_loss", "g_loss", "tokens_per_sec", "mfu")
                          if k in last_metrics}, refresh=False)
       bar.update(1)
       if eval_fn is not None and eval_every and step % eval_every == 0 and step < total_steps:

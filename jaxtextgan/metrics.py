@@ -271,17 +271,20 @@ def reverse_perplexity(train_fn: Callable[[Any], Callable[[Any], Any]], samples,
 def sequence_metrics(hypotheses, references, *, bleu_orders: Iterable[int] = DEFAULT_ORDERS,
                      self_bleu_orders: Iterable[int] = DEFAULT_ORDERS, distinct_orders: Iterable[int] = (1, 2, 3),
                      max_hypotheses: int | None = None, max_references: int | None = None,
-                     seed: int = 0) -> dict[str, float]:
+                     max_self_references: int | None = None, seed: int = 0) -> dict[str, float]:
   """{bleu2..bleu5, self_bleu2..self_bleu5, distinct1..distinct3, length} of generated `hypotheses`.
 
   BLEU is against `references` (held-out real text); Self-BLEU and distinct-n are over the hypotheses alone;
-  `length` is their mean token count. Subsampling as in `bleu_scores` / `self_bleu_scores`, with one seed.
+  `length` is their mean token count. Subsampling as in `bleu_scores` / `self_bleu_scores`, with one seed:
+  `max_references` caps BLEU's reference set only, `max_self_references` Self-BLEU's pool of samples (None: every
+  other sample), so a BLEU setting never changes Self-BLEU.
   """
   hyps = as_token_lists(hypotheses, "hypotheses")
   out = {f"bleu{n}": v for n, v in bleu_scores(hyps, references, bleu_orders, max_hypotheses=max_hypotheses,
                                                max_references=max_references, seed=seed).items()}
   out.update({f"self_bleu{n}": v for n, v in self_bleu_scores(hyps, self_bleu_orders, max_hypotheses=max_hypotheses,
-                                                              max_references=max_references, seed=seed).items()})
+                                                              max_references=max_self_references,
+                                                              seed=seed).items()})
   out.update({f"distinct{n}": distinct_n(hyps, n) for n in _check_orders(distinct_orders)})
   out["length"] = float(np.mean([len(h) for h in hyps]))
   return out

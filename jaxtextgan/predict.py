@@ -27,7 +27,7 @@ from jaxtextgan import checkpoint
 from jaxtextgan import sharding as shd
 from jaxtextgan.data import classification as cls_data
 from jaxtextgan.errors import InputError
-from jaxtextgan.models import bert
+from jaxtextgan.models import bert, hf_bert
 from jaxtextgan.objectives import ganbert
 
 ASSETS = "classifier_assets"  # <workdir>/classifier_assets: the tokenizer files next to <workdir>/classifier
@@ -36,7 +36,7 @@ ASSETS = "classifier_assets"  # <workdir>/classifier_assets: the tokenizer files
 @dataclasses.dataclass
 class LoadedClassifier:
   label_names: tuple[str, ...]
-  tokenizer: bert.WordPieceTokenizer
+  tokenizer: hf_bert.WordPieceTokenizer
   predict: object  # jitted (params, batch) -> (B, k)
   params: object
   mesh: object
@@ -62,9 +62,9 @@ def load_classifier(workdir) -> LoadedClassifier:
     label_names = tuple(meta["label_names"])
   except (KeyError, TypeError) as err:
     raise InputError(f"{directory} has metadata this version cannot read ({err}): train the classifier again") from None
-  options = bert._tokenizer_options(assets)  # the checkpoint's casing and special tokens, as load_bert reads them
+  options = hf_bert._tokenizer_options(assets)  # the checkpoint's casing and special tokens, as load_bert reads them
   options.pop("max_len", None)
-  tokenizer = bert.WordPieceTokenizer(assets / "vocab.txt", max_len=meta["max_len"], **options)
+  tokenizer = hf_bert.WordPieceTokenizer(assets / "vocab.txt", max_len=meta["max_len"], **options)
 
   mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
   abstract = nnx.eval_shape(lambda: ganbert.make_classifier(bert_cfg, cfg, nnx.Rngs(0)))

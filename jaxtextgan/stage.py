@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
-from jaxtextgan import checkpoint, loop, training, writers
+from jaxtextgan import checkpoint, loop, mfu, training, writers
 from jaxtextgan import sharding as shd
 from jaxtextgan.errors import Preempted
 
@@ -70,7 +70,8 @@ class Stage:
   checkpoint_every: int = 0
   keep: int = 3
   tokens_per_step: int = 0
-  model_flops_per_step: float = 0.0  # 6N + 12 L d T per token for GPT-2 (reported by dryrun)
+  model_flops_per_step: float = 0.0  # 0: counted from the steps' jaxprs (mfu.step_flops); GPT-2: 6N + 12 L d T
+  compute_dtype: str = "float32"  # the matmuls' operand dtype, for the peak that MFU divides by
   compiler_options: dict | None = None
   writer: writers.MetricWriter | None = None
   tensorboard: bool = True
@@ -125,7 +126,8 @@ def run_stage(stage: Stage, mesh) -> StageResult:
   if restored is not None:
     state, saved_meta, step = restored
     checkpoint.check_meta(saved_meta, stage.meta, directory)
-    batches.restore(saved_meta["data"])
+    if "data" in saved_meta:  # checkpoints of earlier versions of some objectives record no data position
+      batches.restore(saved_meta["data"])
     print(f"[{stage.name}] resumed from {directory / 'checkpoints' / str(step)} at step {step}", flush=True)
   else:
     state = jax.jit(stage.init, out_shardings=shardings)(jax.random.key(stage.seed))
@@ -133,6 +135,7 @@ def run_stage(stage: Stage, mesh) -> StageResult:
       state = stage.start(state)
 
   step_fn = _iteration(jitted_steps(stage, mesh, shardings), stage.frozen)
+  flops = stage.model_flops_per_step or sum(mfu.step_flops(fn, *args) for fn, args in _abstract_steps(stage, mesh))
   writer = stage.writer or (writers.MetricWriter(directory, tensorboard=stage.tensorboard) if directory is not None
                             else _NoWriter())
   start = int(jax.device_get(stage.progress(state)))
@@ -144,7 +147,8 @@ def run_stage(stage: Stage, mesh) -> StageResult:
                     meta_fn=lambda: {"data": batches.state(), **stage.meta}, log_every=stage.log_every,
                     checkpoint_every=stage.checkpoint_every, eval_every=stage.probe_every if stage.probe else 0,
                     eval_fn=stage.probe, tokens_per_step=stage.tokens_per_step, desc=stage.desc or stage.name,
-                    show_progress=stage.show_progress)
+                    show_progress=stage.show_progress, flops_per_step=flops,
+                    peak_flops=mfu.peak_flops(stage.compute_dtype, list(mesh.devices.flat)))
   if ckpt is not None:
     ckpt.close()
   if result.preempted:
@@ -178,13 +182,20 @@ def batch_shardings(stage: Stage, mesh) -> dict:
 def lower(stage: Stage, mesh) -> list[tuple[Any, tuple]]:
   """[(jitted step, abstract arguments)] of `stage` on `mesh`: exactly what `run_stage` would compile, without
   data or arrays (`dryrun` compiles and measures them)."""
-  abstract, shardings = shardings_of(stage.init, mesh)
+  _, shardings = shardings_of(stage.init, mesh)
+  return [(jitted, args) for jitted, (_, args) in zip(jitted_steps(stage, mesh, shardings),
+                                                      _abstract_steps(stage, mesh))]
+
+
+def _abstract_steps(stage: Stage, mesh) -> list[tuple[Callable, tuple]]:
+  """[(pure step, abstract arguments with shardings)] of `stage`."""
+  abstract, _ = shardings_of(stage.init, mesh)
   batch_sh = batch_shardings(stage, mesh)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k]) for k, v in stage.batch_spec.items()}
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=shd.replicated(mesh))
   frozen = () if stage.frozen_shardings is None else (jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), stage.frozen, stage.frozen_shardings),)
-  return [(fn, (abstract, *frozen, batch, key)) for fn in jitted_steps(stage, mesh, shardings)]
+  return [(fn, (abstract, *frozen, batch, key)) for fn in stage.steps]
 
 
 def int_batch(**shapes) -> dict[str, jax.ShapeDtypeStruct]:

@@ -117,14 +117,17 @@ def topology_devices(topology: str) -> list:
   version = topology.split(":")[0].lower()
   chip = CHIPS.get(version)
   jax.devices()  # the ordinary backends start before libtpu is visible, so none of them tries a TPU client
-  # libtpu reads these once, when it loads: with them it does not look for (and warn about) a TPU VM's hosts.
+  # libtpu reads these once, when it loads: with them it does not look for (and warn about) a TPU VM's hosts, and
+  # several processes may compile at once (it otherwise takes /tmp/libtpu_lockfile, meant for one owner of chips).
   with _env(TPU_LIBRARY_PATH=library_path(), TPU_SKIP_MDS_QUERY="1", TPU_WORKER_HOSTNAMES="localhost",
-            TPU_ACCELERATOR_TYPE="v5litepod-4"):
+            TPU_ACCELERATOR_TYPE="v5litepod-4", ALLOW_MULTIPLE_LIBTPU_LOAD="1"):
     try:
       desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
                                           **({"chip_config_name": chip.chip_config} if chip else {}))
     except Exception as e:  # noqa: BLE001  (libtpu raises JaxRuntimeError/RuntimeError with its reason)
       reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+      if "INVALID_ARGUMENT" not in reason:
+        raise InputError(f"--topology={topology}: libtpu could not load it ({reason})") from None
       raise InputError(f"--topology={topology} is not a TPU slice libtpu can compile for ({reason}): use "
                        f"<version>:<shape>, e.g. {EXAMPLES}") from None
   return list(desc.devices)
@@ -195,25 +198,30 @@ def format_chip(report: dict[str, Any]) -> str:
 
 # --- the dry run ------------------------------------------------------------------------------------------------------
 
-def compile_stages(config, mesh, chip: Chip) -> dict[str, dict]:
-  """{name: report} of every step program `config` trains, compiled for `mesh`'s TPU devices; a Stage that does
-  not fit HBM gets {'fits': False, 'error': XLA's reason}."""
-  import importlib
+def compile_stage(st, mesh, chip: Chip) -> dict[str, dict]:
+  """{name: report} of each step program of one Stage, compiled for `mesh`'s TPU devices; a Stage that does not
+  fit HBM gets {'fits': False, 'error': XLA's reason}."""
   from jaxtextgan import dryrun
+  try:
+    reports = dryrun.stage_reports(st, mesh)
+  except Exception as e:  # noqa: BLE001  (only XLA's out-of-memory is a result; anything else re-raises)
+    reason = out_of_memory(e)
+    if reason is None:
+      raise
+    return {st.name: {"devices": int(mesh.size), "mesh": dict(mesh.shape), "error": reason, "chip": chip.name,
+                      "hbm_bytes": chip.hbm_bytes, "fits": False}}
+  for report in reports.values():
+    report.update(chip_fields(report, chip))
+  return reports
+
+
+def compile_stages(config, mesh, chip: Chip) -> dict[str, dict]:
+  """{name: report} of every step program `config` trains (`tasks.<objective>.dry_run_stages`), for TPU."""
+  import importlib
   task = importlib.import_module(f"jaxtextgan.tasks.{config.objective}")
   reports = {}
   for st in task.dry_run_stages(config, mesh):
-    try:
-      got = dryrun.stage_reports(st, mesh)
-    except Exception as e:  # noqa: BLE001  (only XLA's out-of-memory is a result; anything else re-raises)
-      reason = out_of_memory(e)
-      if reason is None:
-        raise
-      got = {st.name: {"devices": int(mesh.size), "mesh": dict(mesh.shape), "error": reason}}
-    for name, report in got.items():
-      report.update(chip_fields(report, chip) if "error" not in report else
-                    {"chip": chip.name, "hbm_bytes": chip.hbm_bytes, "fits": False})
-      reports[name] = report
+    reports.update(compile_stage(st, mesh, chip))
   return reports
 
 
@@ -237,18 +245,28 @@ def with_batch(config, global_batch: int):
   return out
 
 
-def largest_batch(config, devices: Sequence, chip: Chip, limit: int = 1024) -> tuple[int, dict[int, bool]]:
-  """(largest per-chip batch, a power of two, whose every step fits HBM (0: none), {per-chip batch: fits})."""
+def largest_batch(config, devices: Sequence, chip: Chip, known: dict[int, dict] | None = None,
+                  limit: int = 1024) -> tuple[int, dict[int, dict]]:
+  """(largest per-chip batch, a power of two, whose every step fits HBM (0: none), {per-chip batch: reports}).
+
+  `known`: {global batch: reports} already compiled (the config's own batch), not compiled again.
+  """
   from jaxtextgan import sharding as shd
   shards = batch_shards(config, devices)
   tried, best, per_chip = {}, 0, 1
   while per_chip <= limit:
-    trial = with_batch(config, per_chip * shards)
-    mesh = shd.make_mesh(tuple(trial.mesh_shape), devices=devices)
-    fits = all(r["fits"] for r in compile_stages(trial, mesh, chip).values())
-    tried[per_chip] = fits
-    print(f"[max_batch] {per_chip} per chip ({per_chip * shards} global): {'fits' if fits else 'does not fit'}",
-          flush=True)
+    global_batch = per_chip * shards
+    if known and global_batch in known:
+      reports = known[global_batch]
+    else:
+      trial = with_batch(config, global_batch)
+      reports = compile_stages(trial, shd.make_mesh(tuple(trial.mesh_shape), devices=devices), chip)
+    tried[per_chip] = reports
+    fits = all(r["fits"] for r in reports.values())
+    sizes = ", ".join(f"{r['per_device_bytes'] / GiB:.2f} GiB" if "per_device_bytes" in r else r["error"]
+                      for r in reports.values())
+    print(f"[max_batch] {per_chip} per chip ({global_batch} global): {'fits' if fits else 'does not fit'} "
+          f"({sizes})", flush=True)
     if not fits:
       break
     best, per_chip = per_chip, per_chip * 2
@@ -275,8 +293,15 @@ def dry_run(config, topology: str, max_batch: bool = False) -> dict[str, dict]:
     body = dryrun.format_report(report) + "\n" if "error" not in report else ""
     print(f"[{config.objective} {name} on {topology}]\n{body}{format_chip(report)}\n", flush=True)
   if max_batch:
-    best, tried = largest_batch(config, devices, chip)
+    first = next(iter(config[f.split(".")[0]][f.split(".")[1]] for f in BATCH_FIELDS.get(config.objective, ())))
+    best, tried = largest_batch(config, devices, chip, known={first: reports})
     reports["max_batch"] = {"per_chip": best, "tried": tried}
-    print(f"largest batch that fits: {best} per chip" if best else "no batch fits (not even 1 per chip)",
-          flush=True)
+    if not best:
+      print("largest batch that fits: none (not even 1 per chip)", flush=True)
+    for name, report in (tried[best] if best else {}).items():
+      print(f"largest batch that fits: {best} per chip ({config.objective} {name}: "
+            f"{report['per_device_bytes'] / GiB:.2f} GiB per chip" +
+            (f"; roofline MFU <= {report['mfu_upper_bound']:.0%}, step >= "
+             f"{report['step_seconds_lower_bound'] * 1e3:.1f} ms (estimate)" if "mfu_upper_bound" in report else "")
+            + ")", flush=True)
   return reports

@@ -30,11 +30,15 @@ def setup_cell(extra_install: str = "") -> tuple[str, str]:
   """On Colab: clone and pip-install the repository (plus `extra_install`); anywhere: find REPO (holds configs/)."""
   return code(f'''
 # On Colab: install jaxtextgan from your clone of the repository. Locally (pip install -e .) this does nothing.
-import importlib.util, os, pathlib, subprocess, sys
+# The runtime's jax and jaxlib are kept (constraints): they match its TPU/GPU plugin.
+import importlib.metadata, importlib.util, os, pathlib, subprocess, sys
 REPO_URL = "https://github.com/YOUR-ORG/jaxtextgan"  # set to where your copy of the repository lives
 if importlib.util.find_spec("jaxtextgan") is None:
     subprocess.run(["git", "clone", "--depth=1", REPO_URL, "jaxtextgan"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "jaxtextgan"], check=True){extra_install}
+    keep = [f"{{d}}=={{importlib.metadata.version(d)}}" for d in ("jax", "jaxlib") if importlib.util.find_spec(d)]
+    pathlib.Path("keep_jax.txt").write_text("\\n".join(keep) + "\\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "keep_jax.txt", "-e", "jaxtextgan"],
+                   check=True){extra_install}
     sys.path.insert(0, "jaxtextgan")
 # The repository root holds configs/; notebooks/ sits one level below it.
 candidates = [pathlib.Path(os.environ.get("JAXTEXTGAN_REPO", ".")), pathlib.Path.cwd().parent, pathlib.Path("jaxtextgan")]

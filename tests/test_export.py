@@ -27,7 +27,7 @@ from cli_helpers import REPO, corpus
 from jaxtextgan import checkpoint, export, predict
 from jaxtextgan import tokenizers as tok
 from jaxtextgan.errors import InputError
-from jaxtextgan.models import bert, gpt2, hf_gpt2
+from jaxtextgan.models import gpt2, hf_bert, hf_gpt2
 from jaxtextgan.models import generator as gen_lib
 
 torch = pytest.importorskip("torch", reason="torch is a test extra: pip install -e .[test]")
@@ -249,7 +249,7 @@ def test_ganbert_probabilities_match_predict(runs, tmp_path):
   our_ids, mask = classifier.tokenizer.encode_batch(texts, classifier.max_len)
   assert hf_ids == [list(row[m.astype(bool)]) for row, m in zip(our_ids, mask)]
 
-  encoder, _, _ = bert.load_bert(out)  # the exported encoder loads back as the classifier's
+  encoder, _, _ = hf_bert.load_bert(out)  # the exported encoder loads back as the classifier's
   assert_same_tree(nnx.to_pure_dict(nnx.state(encoder, nnx.Param)), saved_params(workdir / "classifier",
                                                                                     "params", "encoder"))
 

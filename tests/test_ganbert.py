@@ -1,5 +1,7 @@
 """GAN-BERT objective: both losses against NumPy, masking, replication, update isolation, mesh equivalence."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -246,6 +248,59 @@ def test_each_update_is_the_gradient_of_its_own_loss_alone(one_device):
   loss, grads = jax.jit(jax.value_and_grad(g_loss))(state.g.params)
   assert float(g_metrics["g_loss"]) == pytest.approx(float(loss), rel=1e-5)
   assert float(g_metrics["g_grad_norm"]) == pytest.approx(float(gb.training.tree_l2_norm(grads)), rel=1e-4)
+
+
+def _leaky(x, slope=0.2):
+  return np.where(x >= 0, x, slope * x)
+
+
+def _one_d_feature_matching(module):
+  """(g_step's metrics, the NumPy reference of L_G with every term through the D before the D-step's update).
+
+  Dropout is off everywhere and G's first kernel is zero, so G(z) = leaky(b1) W2 + b2 whatever z: the reference
+  needs no noise. D = the head MLP f(h) = leaky(h W1 + b1), logits = f(h) W2 + b2 (seed sec. 2).
+  """
+  cfg_bert = dataclasses.replace(TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  cfg = module.GanBertConfig(num_classes=3, dropout=0.0)
+  opt = dict(OPT, lr=1e-2)
+  mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  state, _ = training.init_sharded_state(module.make_state_fn(cfg_bert, cfg, opt, opt), jax.random.key(0), mesh)
+  g_module = nnx.merge(state.g.graphdef, state.g.params)
+  rng = np.random.default_rng(1)
+  g_module.hidden[0].kernel.value = jnp.zeros_like(g_module.hidden[0].kernel.value)
+  g_module.hidden[0].bias.value = jnp.asarray(rng.normal(size=g_module.hidden[0].bias.value.shape), jnp.float32)
+  g_module.out.bias.value = jnp.asarray(rng.normal(size=g_module.out.bias.value.shape), jnp.float32)
+  state = state.replace(g=state.g.replace(params=nnx.state(g_module, nnx.Param)))
+  d_step, g_step, _, _ = module.make_steps(cfg, mesh)
+  host = _batch()
+
+  def iteration(state, batch, rng):
+    state, _ = d_step(state, batch, rng)
+    return g_step(state, batch, rng)
+
+  _, metrics = jax.jit(iteration)(state, host, jax.random.key(3))
+
+  p = lambda x: np.asarray(x.get_value() if hasattr(x, "get_value") else x, np.float64)  # noqa: E731
+  d0 = nnx.merge(state.d.graphdef, state.d.params)
+  h_real_BD = np.asarray(jax.jit(d0.sentence)(host["input_ids"], host["attention_mask"]), np.float64)
+  w1, b1 = p(d0.head.hidden[0].kernel), p(d0.head.hidden[0].bias)
+  w2, b2 = p(d0.head.out.kernel), p(d0.head.out.bias)
+  h_fake_D = _leaky(p(g_module.hidden[0].bias)) @ p(g_module.out.kernel) + p(g_module.out.bias)
+  f_real_BH, f_fake_H = _leaky(h_real_BD @ w1 + b1), _leaky(h_fake_D @ w1 + b1)
+  fake_logits = f_fake_H @ w2 + b2
+  unsup = -np.log(1 - _softmax(fake_logits)[-1] + EPS)
+  fm = np.mean((f_real_BH.mean(0) - f_fake_H) ** 2)
+  return metrics, unsup, fm
+
+
+def test_feature_matching_takes_both_sides_through_one_d():
+  """L_G,fm = ||E_x f(h_x) - E_z f(G(z))||^2 and L_G,unsup through the one D of the D-step's forward pass (the
+  seed, sec. 2, and its TensorFlow release, where L_D and L_G share one forward pass), not E f(G(z)) through the D
+  the D-step has just updated."""
+  metrics, unsup, fm = _one_d_feature_matching(gb)
+  assert fm > 1e-4  # the reference is far from 0, so a D moved by one lr=1e-2 step shows
+  np.testing.assert_allclose(float(metrics["g_feature_matching"]), fm, rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["g_unsup"]), unsup, rtol=1e-4)
 
 
 # Parameters after one D-step and one G-step: AdamW's first update is lr * g / (|g| + eps) per weight, i.e. about

@@ -47,3 +47,36 @@ def test_two_processes_match_one_process_and_checkpoint_restores(tmp_path):
                                                                 "mesh_shape": "(8,1,1)"}),
              env={"JAX_NUM_CPU_DEVICES": "8"})
   assert "at step 3" in proc.stdout
+
+
+def run_two_processes(workdir, flags):
+  port = free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+  procs = [subprocess.Popen([sys.executable, "-m", "jaxtextgan.main", "--config=configs/lm.py", f"--workdir={workdir}",
+                             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+                             *flags], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return outs
+
+
+def test_two_processes_train_from_shards_and_resume_like_one(tmp_path):
+  """Each process reads its half of every global batch from the shards: the losses are one process's, and a run
+  resumed from step 2 continues with the same batches."""
+  from jaxtextgan import prepare  # pylint: disable=import-outside-toplevel
+  files = corpus(tmp_path)
+  prepare.prepare(str(tmp_path / "shards"), "word", 8, train=files["train"], valid=files["valid"], shard_mb=0.001,
+                  log=lambda *_: None)
+  flags = lambda steps: tiny_flags(files, steps=steps, **{
+    "data.source": "shards", "data.shards_dir": tmp_path / "shards", "data.batch_size": 8, "eval.batch_size": 8,
+    "eval.stride": 8, "train.log_every": 1, "train.checkpoint_every": 2, "mesh_shape": "(8,1,1)"})
+  cli(tmp_path / "single", flags(4), env={"JAX_NUM_CPU_DEVICES": "8"})
+  run_two_processes(tmp_path / "multi", flags(2))
+  outs = run_two_processes(tmp_path / "multi", flags(4))
+  assert "at step 2" in outs[0][0]
+  single, multi = train_losses(tmp_path / "single"), train_losses(tmp_path / "multi")
+  assert sorted(multi) == [1, 2, 3, 4]
+  for step in (1, 2, 3, 4):
+    assert abs(single[step] - multi[step]) < 1e-5, (step, single[step], multi[step])

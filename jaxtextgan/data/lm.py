@@ -57,6 +57,20 @@ def tfds_splits(name: str, data_dir: str | os.PathLike, text_key: str = "text") 
   Nothing is downloaded. TFDS ``validation``/``dev`` become ``valid``; splits the
   dataset lacks are left out, but ``train`` is required.
   """
+  out = {}
+  for ours, (split, source) in tfds_sources(name, data_dir, text_key).items():
+    docs = []
+    for start in range(0, len(source), 1024):  # batched reads are much faster than one by one
+      records = source.__getitems__(range(start, min(start + 1024, len(source))))
+      docs.extend(_as_str(r[text_key]) for r in records)
+    if not any(d.strip() for d in docs):
+      raise InputError(f"corpus {name}/{split} is empty: its {text_key!r} texts are all blank")
+    out[ours] = docs
+  return out
+
+
+def tfds_sources(name: str, data_dir: str | os.PathLike, text_key: str = "text") -> dict[str, tuple[str, object]]:
+  """{our split: (TFDS split, random-access source)} of a TFDS dataset prepared in `data_dir`; reads nothing."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
     builder = tfds.builder(name, data_dir=os.fspath(data_dir))
@@ -80,16 +94,8 @@ def tfds_splits(name: str, data_dir: str | os.PathLike, text_key: str = "text") 
   out = {}
   for ours, names in _TFDS_SPLIT_NAMES.items():
     split = next((n for n in names if n in sources), None)
-    if split is None:
-      continue
-    source = sources[split]
-    docs = []
-    for start in range(0, len(source), 1024):  # batched reads are much faster than one by one
-      records = source.__getitems__(range(start, min(start + 1024, len(source))))
-      docs.extend(_as_str(r[text_key]) for r in records)
-    if not any(d.strip() for d in docs):
-      raise InputError(f"corpus {name}/{split} is empty: its {text_key!r} texts are all blank")
-    out[ours] = docs
+    if split is not None:
+      out[ours] = (split, sources[split])
   if "train" not in out:
     raise InputError(f"TFDS dataset {name!r} in {data_dir} has no train split "
                      f"(it has {sorted(sources)}): use a dataset with a train split")

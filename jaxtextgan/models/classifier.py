@@ -55,7 +55,7 @@ def make_generator(bert_cfg: bert.BertConfig, latent_dim: int, *, hidden: int = 
 
 
 def encoder_config(directory: pathlib.Path, max_len: int, dropout: float | None = None) -> bert.BertConfig:
-  """The BertConfig `bert.load_bert(directory, max_len=, dropout=)` builds, from config.json alone: whether the
+  """The BertConfig `hf_bert.load_bert(directory, max_len=, dropout=)` builds, from config.json alone: whether the
   checkpoint has a pooler comes from the names in its safetensors header (no weights are read), else True."""
   overrides: dict[str, Any] = dict(dtype="float32", param_dtype="float32", remat=False,
                                    pooler=_has_pooler(directory))

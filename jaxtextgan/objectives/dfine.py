@@ -166,18 +166,71 @@ def finetune_loss(logits_BTV: Array, q0_logits_BTV: Array, d_logits_BTV: Array |
 # --- states -----------------------------------------------------------------------------------------------------
 
 
+HEAD = ("lm_head", "out_bias", "norm_f")  # the output layer and the final layer norm that feeds it
+
+
+def _names(path) -> list:
+  return [getattr(k, "key", getattr(k, "name", None)) for k in path]
+
+
+def parse_train_layers(spec: str) -> int | None:
+  """'all' -> None (every parameter trains), 'head' -> 0, 'top:N' -> N (the head and the top N blocks)."""
+  spec = str(spec)
+  if spec == "all":
+    return None
+  if spec == "head":
+    return 0
+  top = spec.partition("top:")[2]
+  if spec.startswith("top:") and top.isdigit() and int(top) >= 1:
+    return int(top)
+  raise InputError(f"train_layers={spec!r} is invalid: use 'all', 'head' or 'top:N' with N >= 1")
+
+
+def train_mask(params, spec: str):
+  """A tree like `params` of 0/1 multipliers: 1 where `spec` (`parse_train_layers`) trains the parameter.
+
+  The blocks are stacked (L, ...) in layer order (gpt2's scan), so 'top:N' is the mask arange(L) >= L - N on their
+  leading axis; embeddings (wte, wpe) train only with 'all'.
+  """
+  top = parse_train_layers(spec)
+
+  def mask(path, x):
+    names = _names(path)
+    if top is None or any(n in HEAD for n in names):
+      return jnp.ones((), x.dtype)
+    if "blocks" in names:
+      n_layer = x.shape[0]
+      return (jnp.arange(n_layer) >= n_layer - top).astype(x.dtype).reshape((n_layer,) + (1,) * (x.ndim - 1))
+    return jnp.zeros((), x.dtype)
+  return jax.tree_util.tree_map_with_path(mask, params)
+
+
+def freeze_layers(spec: str) -> optax.GradientTransformation:
+  """Multiplies updates by `train_mask(params, spec)`: before the optimizer (frozen gradients neither count in the
+  clipping norm nor fill Adam's moments) and after it (no weight decay moves a frozen parameter)."""
+  def scale(updates, state, params=None):
+    return jax.tree.map(lambda u, m: u * m, updates, train_mask(updates, spec)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), scale)
+
+
 def make_tx(opt_cfg) -> optax.GradientTransformation:
-  """AdamW (training.make_optimizer) or, with opt_cfg.name == 'sgd', plain SGD after global-norm clipping."""
+  """AdamW (training.make_optimizer) or, with opt_cfg.name == 'sgd', plain SGD after global-norm clipping; with
+  opt_cfg.train_layers other than 'all' (`parse_train_layers`), the other parameters stay frozen."""
   get = opt_cfg.get if hasattr(opt_cfg, "get") else (lambda k, d=None: getattr(opt_cfg, k, d))
   name = get("name", "adamw")
   if name == "adamw":
-    return training.make_optimizer(opt_cfg)[0]
-  if name == "sgd":
+    tx = training.make_optimizer(opt_cfg)[0]
+  elif name == "sgd":
     schedule = training.learning_rate_schedule(get("lr"), get("total_steps"), get("warmup_steps", 0),
                                                get("end_lr_fraction", 0.1), get("schedule", "cosine"))
     chain = [optax.clip_by_global_norm(get("grad_clip_norm"))] if get("grad_clip_norm", 0.0) else []
-    return optax.chain(*chain, optax.sgd(schedule))
-  raise InputError(f"optimizer.name={name!r} is unknown: use 'adamw' or 'sgd'")
+    tx = optax.chain(*chain, optax.sgd(schedule))
+  else:
+    raise InputError(f"optimizer.name={name!r} is unknown: use 'adamw' or 'sgd'")
+  layers = str(get("train_layers", "all") or "all")
+  if parse_train_layers(layers) is None:
+    return tx
+  return optax.chain(freeze_layers(layers), tx, freeze_layers(layers))
 
 
 def make_state_fn(model_cfg: gpt2.GPT2Config, opt_cfg) -> Callable[[Array], training.TrainState]:

@@ -7,6 +7,9 @@ checkpointed as one. A step is `(state, batch, rng) -> (state, metrics)`:
   once:               G <- G - lr grad_G L_G(G(z))                    L_G = eq. (5) (non-saturating), or -E D(fake)
 
 with GP = lambda E[(||grad_x D(x)||_2 - 1)^2] at x = eps onehot(real) + (1 - eps) y_fake in the one-hot space.
+One critic, the one that is trained (Gulrajani et al. regularise it), serves all three terms: D's dropout is on in
+its scores, in the penalty (the fakes' dropout masks: GP is the gradient of the very function that scored them) and
+in G's loss (again the fakes' masks of the last critic step), so G follows the critic D was fitted and penalised as.
 The critic's fakes pass through stop_gradient and G's loss is differentiated only in G's params, so neither
 loss leaks into the other player's update. The Gumbel-Softmax temperature tau follows a schedule that is a pure
 function of the GAN step. Keys: fold_in(rng, step), then fold_in(., i) for critic step i and fold_in(., n_critic)
@@ -157,6 +160,11 @@ def generate(g_graphdef, g_params, key: Array, batch_size: int, latent_dim: int,
   return nnx.merge(g_graphdef, g_params)(z_BZ, noise_key, tau, hard=hard, temperature=temperature)
 
 
+def _critic_keys(key: Array) -> tuple[Array, Array, Array]:
+  """(dropout key of the real scores, dropout key of the fake scores (also the penalty's and G's), eps key)."""
+  return tuple(jax.random.split(key, 3))
+
+
 @functools.lru_cache(maxsize=32)
 def make_steps(cfg: GANConfig, latent_dim: int, mesh: Mesh | None = None):
   """Pure `d_step(state, real_BT, key)`, `g_step(state, key)` and `train_step(state, batch, rng)`.
@@ -172,13 +180,14 @@ def make_steps(cfg: GANConfig, latent_dim: int, mesh: Mesh | None = None):
 
   def d_loss_fn(d_params, d_graphdef, real_BT, fake_BTV, key):
     critic = nnx.merge(d_graphdef, d_params)
-    drop_real, drop_fake, eps_key = jax.random.split(key, 3)
+    drop_real, drop_fake, eps_key = _critic_keys(key)
     real_B = critic(real_BT, dropout_key=drop_real)
     fake_B = critic(fake_BTV, dropout_key=drop_fake, one_hot=cfg.hard)
     if wgan:
       eps_B = _batch_constraint(jax.random.uniform(eps_key, (real_BT.shape[0],)), mesh)
       real_BTV = jax.nn.one_hot(real_BT, fake_BTV.shape[-1], dtype=jnp.float32)
-      gp, grad_norm = losses.gradient_penalty(lambda x: critic(x), real_BTV, fake_BTV, eps_B)
+      # The critic that scored the fakes, dropout masks included (module docstring).
+      gp, grad_norm = losses.gradient_penalty(lambda x: critic(x, dropout_key=drop_fake), real_BTV, fake_BTV, eps_B)
       loss = losses.wgan_critic_loss(real_B, fake_B) + cfg.gp_weight * gp
       aux = {"d_real": real_B.mean(), "d_fake": fake_B.mean(), "gp": gp, "critic_grad_norm": grad_norm,
              "wasserstein": real_B.mean() - fake_B.mean()}
@@ -201,9 +210,11 @@ def make_steps(cfg: GANConfig, latent_dim: int, mesh: Mesh | None = None):
     fake_BTV, _, _ = gen(state.g.graphdef, state.g.params, fake_key, tau=tau_at(state.step, cfg.tau))
     return d_update(state, real_BT, fake_BTV, loss_key)
 
-  def g_loss_of_fakes(fake_BTV, state: GANState):
-    """L_G as a function of G's output; D's params enter as constants."""
-    fake_B = nnx.merge(state.d.graphdef, state.d.params)(fake_BTV, one_hot=cfg.hard)
+  def g_loss_of_fakes(fake_BTV, state: GANState, loss_key):
+    """L_G as a function of G's output; D's params enter as constants. D's dropout is on, with the masks its
+    fakes got from `loss_key` in the critic step (module docstring)."""
+    _, drop_fake, _ = _critic_keys(loss_key)
+    fake_B = nnx.merge(state.d.graphdef, state.d.params)(fake_BTV, dropout_key=drop_fake, one_hot=cfg.hard)
     return losses.wgan_generator_loss(fake_B) if wgan else losses.gan_generator_loss(fake_B)
 
   def g_metrics(loss, grads, logits_BTV):
@@ -213,12 +224,12 @@ def make_steps(cfg: GANConfig, latent_dim: int, mesh: Mesh | None = None):
 
   def g_step(state: GANState, key: Array):
     """One generator update against the current D; D's params are only read."""
-    fake_key, _ = jax.random.split(key)
+    fake_key, loss_key = jax.random.split(key)
     tau = tau_at(state.step, cfg.tau)
 
     def loss_fn(g_params):
       fake_BTV, _, logits_BTV = gen(state.g.graphdef, g_params, fake_key, tau=tau)
-      return g_loss_of_fakes(fake_BTV, state), logits_BTV
+      return g_loss_of_fakes(fake_BTV, state, loss_key), logits_BTV
 
     (loss, logits_BTV), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
     return state.replace(g=state.g.apply_gradients(grads)), g_metrics(loss, grads, logits_BTV)
@@ -240,7 +251,7 @@ def make_steps(cfg: GANConfig, latent_dim: int, mesh: Mesh | None = None):
     fake_BTV, vjp_fn, logits_BTV = jax.vjp(gen_fn, state.g.params, has_aux=True)
     state, last = d_update(state, real_NBT[-1], fake_BTV, loss_key)
     d_metrics.append(jax.tree.map(lambda x: x[None], last))
-    g_loss, dfake_BTV = jax.value_and_grad(g_loss_of_fakes)(fake_BTV, state)
+    g_loss, dfake_BTV = jax.value_and_grad(g_loss_of_fakes)(fake_BTV, state, loss_key)
     (g_grads,) = vjp_fn(dfake_BTV)
     state = state.replace(g=state.g.apply_gradients(g_grads))
     d_all = jax.tree.map(lambda *xs: jnp.concatenate(xs), *d_metrics)
@@ -261,3 +272,62 @@ def make_sampler(cfg: GANConfig, latent_dim: int, g_graphdef, num: int):
     return ids_BT
 
   return sample
+
+
+def make_temperature_sampler(latent_dim: int, g_graphdef, num: int):
+  """jitted `(g_params, key, temperature) -> ids (num, T)`: exact draws of G at softmax(logits / temperature).
+
+  As `make_sampler`, with the temperature a traced argument, so a sweep over temperatures compiles once (at
+  temperature = cfg.temperature and the same key it draws the same ids as `make_sampler`).
+  """
+  return _make_temperature_sampler(latent_dim, g_graphdef, num)
+
+
+@functools.lru_cache(maxsize=32)
+def _make_temperature_sampler(latent_dim: int, g_graphdef, num: int):
+  @jax.jit
+  def sample(g_params, key, temperature):
+    _, ids_BT, _ = generate(g_graphdef, g_params, key, num, latent_dim, 1.0, hard=True, temperature=temperature)
+    return ids_BT
+
+  return sample
+
+
+def conditional_log_probs(g_graphdef, g_params, targets_BT: Array, z_BZ: Array, temperature) -> Array:
+  """log p_G(x_t | x_<t, z) of given sequences under G's sampling distribution, teacher-forced: (B, T) fp32.
+
+  The distribution G draws token t from: softmax(logits_t / temperature + forbid), with logits from G's GPT-2 fed
+  x_0 = E[bos] + W z (position 0), then x_1..x_{t-1} (the GPT-2 generator), or from MLP(z) at position t (the MLP
+  generator). Forbidden ids (e.g. the trigram start token) get probability ~0. No dropout.
+  """
+  g = nnx.merge(g_graphdef, g_params)
+  if isinstance(g, gen_lib.MLPGenerator):  # its logits are already / temperature + forbid
+    _, _, logits_BTV = g(z_BZ, jax.random.key(0), 1.0, hard=True, temperature=temperature)
+  else:
+    lm = g.lm
+    mask_V = gen_lib._forbid_mask(lm.cfg.vocab_size, g.cfg.forbidden_ids)
+    batch, length = targets_BT.shape
+    positions_T = jnp.arange(length, dtype=jnp.int32)
+    inputs_BT = jnp.concatenate([jnp.full((batch, 1), g.cfg.bos_id, jnp.int32), targets_BT[:, :-1]], axis=1)
+    x_BTD = lm.embed(inputs_BT, positions_T)
+    x_BTD = x_BTD.at[:, 0].add(g.latent(z_BZ).astype(x_BTD.dtype))
+    h_BTD, _ = lm.backbone(x_BTD, positions_T)
+    logits_BTV = lm.logits(h_BTD) / temperature + mask_V
+  return losses.token_log_probs(logits_BTV, targets_BT)
+
+
+def sequence_nll(g_graphdef, g_params, targets_BT: Array, key: Array, temperature, num_z: int) -> Array:
+  """-log p_G(x) per sequence at `temperature`, (B,), with the latent marginalised by Monte Carlo:
+
+    log p_G(x) ~= log (1/K) sum_k prod_t p_G(x_t | x_<t, z_k),   z_k ~ N(0, I), K = num_z.
+
+  By Jensen the estimate is a lower bound of log p_G(x) in expectation (so the NLL an upper bound); it is exact
+  when z has no effect (W = 0, as in the MLE-pretrained G, where K = 1 suffices).
+  """
+  z_KBZ = jax.random.normal(key, (num_z, targets_BT.shape[0], _latent_dim(g_graphdef, g_params)))
+  seq_KB = jax.vmap(lambda z: conditional_log_probs(g_graphdef, g_params, targets_BT, z, temperature).sum(-1))(z_KBZ)
+  return -(jax.nn.logsumexp(seq_KB, axis=0) - jnp.log(num_z))
+
+
+def _latent_dim(g_graphdef, g_params) -> int:
+  return nnx.merge(g_graphdef, g_params).cfg.latent_dim

@@ -19,10 +19,14 @@ The feature-matching term is the mean of the squared differences (the release's 
 Updates never mix: `d_step` differentiates L_D in (encoder, D) with the fakes behind stop_gradient, so G is only
 read; `g_step` differentiates L_G in G's params alone, so the encoder and D are only read. (The public PyTorch port
 back-propagates both losses into both players; the TensorFlow release and this module do not.) One training
-iteration is `d_step` then `g_step` on the same real batch; `g_step` advances `state.step`. As in the release,
-E_x f(h_x) of the feature-matching term comes from the D-step's forward pass over the real batch (the state
-carries it as a constant), so the G-step does not run the encoder again. Dropout and noise keys are
-fold_in(fold_in(rng, step), 0) for D and fold_in(., 1) for G, so a resumed run draws the same keys.
+iteration is `d_step` then `g_step` on the same real batch; `g_step` advances `state.step`.
+
+One D for both players, as in the seed (sec. 2) and its TensorFlow release, where L_D and L_G come from one forward
+pass: the G-step's L_G,unsup and both sides of L_G,fm are taken through D *as the D-step found it*, before its
+update. The D-step stores E_x f(h_x) of its forward pass over the real batch and D's head parameters as it read
+them (`GanBertState.fm_head`); the G-step puts G(z) through that head, so E_x f(h_x) and E_z f(G(z)) come from the
+same D, and the encoder does not run again. Dropout and noise keys are fold_in(fold_in(rng, step), 0) for D and
+fold_in(., 1) for G, so a resumed run draws the same keys.
 
 The baseline (`sup_step`) is the same encoder with the same MLP head over k classes, trained by L_D,sup alone.
 Nothing here is jitted: `stage.run_stage` jits the steps, `predict` the prediction.
@@ -31,6 +35,7 @@ Nothing here is jitted: `stage.run_stage` jits the steps, `predict` the predicti
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax
 import jax
@@ -91,12 +96,15 @@ class GanBertState:
   """Encoder+D (`d`: params and AdamW state) and G (`g`, None for the baseline) in one pytree.
 
   `step` counts training iterations (one D-step and one G-step each); `real_features` (d_hidden,) is E_x f(h_x)
-  over the last D-step's real batch, the feature-matching target of the next G-step (None for the baseline).
+  over the last D-step's real batch, the feature-matching target of the next G-step, and `fm_head` D's head
+  parameters as that D-step read them (before its update), the D the next G-step puts G(z) through (both None
+  for the baseline).
   """
   step: jax.Array
   d: training.TrainState
   g: training.TrainState | None
   real_features: jax.Array | None = None
+  fm_head: Any = None
 
 
 # ------------------------------------------------------------------------------------------------------ losses
@@ -179,12 +187,13 @@ def make_state_fn(bert_cfg: bert.BertConfig, cfg: GanBertConfig, d_opt_cfg, g_op
   def make_state(rng):
     d_key, g_key = jax.random.split(rng)
     d = _player(make_classifier(bert_cfg, cfg, nnx.Rngs(params=d_key)), d_tx)
-    g, real_features = None, None
+    g, real_features, fm_head = None, None, None
     if g_tx is not None:
       g = _player(classifier.make_generator(bert_cfg, cfg.latent_dim, hidden=cfg.g_hidden, dropout=cfg.dropout,
                                             slope=cfg.slope, rngs=nnx.Rngs(params=g_key)), g_tx)
       real_features = jnp.zeros((cfg.d_hidden or bert_cfg.hidden_size,), jnp.float32)
-    return GanBertState(step=jnp.zeros((), jnp.int32), d=d, g=g, real_features=real_features)
+      fm_head = jax.tree.map(jnp.zeros_like, d.params["head"])  # set by every D-step before a G-step reads it
+    return GanBertState(step=jnp.zeros((), jnp.int32), d=d, g=g, real_features=real_features, fm_head=fm_head)
 
   return make_state
 
@@ -227,7 +236,7 @@ def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
 
   def d_step(state: GanBertState, batch, rng):
     """(encoder, D) <- AdamW(grad of L_D = L_D,sup + L_D,unsup); G's fakes enter behind stop_gradient. Stores
-    E_x f(h_x) of this real batch, the L_G,fm target of the next `g_step`."""
+    E_x f(h_x) of this real batch and D's head before the update: the one D of the next `g_step`'s L_G."""
     key = jax.random.fold_in(training.step_rng(rng, state.step), 0)
     g_key, loss_key = jax.random.split(key)
     h_fake = jax.lax.stop_gradient(fakes(state.g.graphdef, state.g.params, g_key, batch["input_ids"].shape[0]))
@@ -235,21 +244,22 @@ def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
       state.d.params, state.d.graphdef, batch, h_fake, loss_key)
     metrics = {"d_loss": loss, "d_grad_norm": training.tree_l2_norm(grads),
                "d_head_grad_norm": training.tree_l2_norm(grads["head"]), **aux}
-    return state.replace(d=state.d.apply_gradients(grads),
-                         real_features=jax.lax.stop_gradient(real_features)), metrics
+    return state.replace(d=state.d.apply_gradients(grads), real_features=jax.lax.stop_gradient(real_features),
+                         fm_head=state.d.params["head"]), metrics
 
   def g_loss_fn(g_params, state: GanBertState, batch_size: int, key):
     g_key, fake_key = jax.random.split(key)
-    # D enters as a constant: only g_params are differentiated, so nothing flows back into D or the encoder.
-    model = nnx.merge(state.d.graphdef, state.d.params)
+    # D enters as a constant: only g_params are differentiated, so nothing flows back into D or the encoder. It is
+    # the D of the preceding D-step's forward pass (its head before the update), the D of E_x f(h_x).
+    model = nnx.merge(state.d.graphdef, nnx.State({**state.d.params, "head": state.fm_head}))
     h_fake = fakes(state.g.graphdef, g_params, g_key, batch_size)
     fake_logits, fake_features = model.discriminate(h_fake, fake_key)
     return generator_loss(fake_logits, state.real_features[None, :], fake_features, cfg.epsilon,
                           cfg.feature_matching)
 
   def g_step(state: GanBertState, batch, rng):
-    """G <- AdamW(grad in G of L_G = L_G,unsup + L_G,fm), one fake per row of `batch`; the encoder and D are only
-    read, and E_x f(h_x) is the one the preceding D-step stored. Advances `state.step`."""
+    """G <- AdamW(grad in G of L_G = L_G,unsup + L_G,fm), one fake per row of `batch`, through the D the preceding
+    D-step read (`fm_head`), the D of its stored E_x f(h_x); nothing of D is updated. Advances `state.step`."""
     key = jax.random.fold_in(training.step_rng(rng, state.step), 1)
     (loss, aux), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g.params, state,
                                                                      batch["input_ids"].shape[0], key)

@@ -8,7 +8,7 @@ import shutil
 
 import jax
 
-from jaxtextgan import writers
+from jaxtextgan import evaluation, writers
 
 TABLE1_HEADER = ["| Estimating with | Test ppl. | Freq. ppl. | Rare ppl. | Ratio | log q − log p |",
                  "|---|---|---|---|---|---|"]
@@ -65,6 +65,7 @@ def table1(rep: dict, figure_caption: str = "") -> str:
 def table2(rep: dict) -> str:
   """Table 2: every row's reverse KL estimated with the discriminator trained against q0."""
   lines = list(TABLE2_HEADER)
+  methods = sorted({evaluation.describe(e[s]) for e in rep["table2"].values() for s in ("valid", "test") if s in e})
   for label, e in rep["table2"].items():
     v, t = e["valid"], e.get("test")
     lines.append(f"| {label} | {v['loss']:.5f} | {v['perplexity']:.2f} | {v['rkl']:.5f} | {v['rkl_exact']:.5f} | "
@@ -72,16 +73,72 @@ def table2(rep: dict) -> str:
   return ("## Table 2 style (reverse KL estimated with the trained discriminator for every row)\n\n"
           + "\n".join(lines) + "\n\nVal. loss is the fine-tuning objective eq. (12) on validation: cross-entropy "
           "(= log Val. ppl.) + Val. rev. KL (eq. 10-12), in nats per word. Val. rev. KL (exact over V) is "
-          "KL(q ‖ p̂) with p̂ ∝ q0 (1 − r)/r of eq. (8) normalised over the vocabulary." + discriminators(rep))
+          "KL(q ‖ p̂) with p̂ ∝ q0 (1 − r)/r of eq. (8) normalised over the vocabulary. Every validation and test "
+          f"number scores the split's tokens by {' / '.join(methods)} (`eval.perplexity`, `eval.stride`)."
+          + discriminators(rep))
 
 
 def discriminators(rep: dict) -> str:
-  rows = [f"| {name} | {d['loss']:.4f} | {d['d_q']:.4f} | {d['d_p']:.4f} | {d['r_model']:.4f} | {d['r_real']:.4f} |"
+  """D's eq. (6) terms on validation, and D before training (the unigram-only D with init 'lm' + bias 'unigram')."""
+  rows = [f"| {name} | {d.get('train_layers', 'all')} | {d['loss']:.4f} | "
+          + (f"{d['start_loss']:.4f} | {d['start_loss'] - d['loss']:+.4f} | " if "start_loss" in d else "– | – | ")
+          + f"{d['d_q']:.4f} | {d['d_p']:.4f} | {d['r_model']:.4f} | {d['r_real']:.4f} |"
           for name, d in rep.get("discriminators", {}).items()]
   if not rows:
     return ""
   return ("\n\n### Discriminators (validation, eq. 6; log 4 = 1.3863 when q0 = p)\n\n"
-          "| stage | D | D^(q) | D^(p) | E_q0 r | r(w*) |\n|---|---|---|---|---|---|\n" + "\n".join(rows))
+          "D at start: before training (with init 'lm' and bias_init 'unigram', the unigram-only D r = σ(b_w)); gain = "
+          "D at start − D.\n\n| stage | trained layers | D | D at start | gain | D^(q) | D^(p) | E_q0 r | r(w*) |\n"
+          "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def _pm(x: dict, digits: int = 2) -> str:
+  return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}"
+
+
+def seeds_report(out: dict, config) -> str:
+  """mean ± std (sample std over the seeds) of Table 1 or Table 2 and of the discriminators, from
+  `tasks.dfine.run_seeds`."""
+  agg, seeds = out["over_seeds"], out["seeds"]
+  title = config.report.get("title", "LM fine-tuning with a discriminator")
+  md = [f"# {title}: {len(seeds)} seeds\n", f"Command: `{out['command']}`\n",
+        f"Seeds {', '.join(map(str, seeds))}; mean ± sample std over seeds. Wall time of this invocation: "
+        f"{out['wall_seconds'] / 60:.1f} min (JAX {out['jax_version']}, {out['devices']}). Each seed's own report: "
+        "seed_<s>/report.md in the workdir.\n"]
+  if "table1" in agg:
+    md += ["## Table 1 (synthetic trigram data, test)\n", "| Estimating with | Test ppl. | Freq. ppl. | Rare ppl. | Ratio |",
+           "|---|---|---|---|---|"]
+    md += [f"| {label} | {_pm(r['ppl'])} | {_pm(r['frequent_ppl'])} | {_pm(r['rare_ppl'])} | {_pm(r['ratio'], 1)} |"
+           for label, r in agg["table1"].items()]
+    if "gap_recovered" in agg:
+      md += ["", "Share of the perturbed model's gap recovered: " + ", ".join(
+        f"{k}: {100 * v['mean']:.0f}% ± {100 * v['std']:.0f}%" for k, v in agg["gap_recovered"].items()) + "."]
+  if "table2" in agg:
+    md += ["## Table 2 style (test and validation perplexity, eq. 12 validation loss)\n",
+           "| Fine-tuning option | Val. loss | Val. ppl. | Val. rev. KL (eq. 10-12) | Val. rev. KL (exact over V) | "
+           "Test ppl. |", "|---|---|---|---|---|---|"]
+    for label, e in agg["table2"].items():
+      v, t = e["valid"], e.get("test")
+      md.append(f"| {label} | {_pm(v['loss'], 5)} | {_pm(v['perplexity'])} | {_pm(v['rkl'], 5)} | "
+                f"{_pm(v['rkl_exact'], 5)} | " + (f"{_pm(t['perplexity'])} |" if t else "– |"))
+    first = next(iter(out["per_seed"].values()))["table2"]
+    methods = sorted({evaluation.describe(e[s]) for e in first.values() for s in ("valid", "test") if s in e})
+    md += ["", f"Perplexity by {' / '.join(methods)} (`eval.perplexity`, `eval.stride`)."]
+    for label, d in agg.get("paired", {}).items():
+      for split, x in d.items():
+        verdict = ("more than 2 std below" if x["mean"] + 2 * x["std"] < 0 else "NOT more than 2 std below")
+        md.append(f"- {label} − r ≡ 1/2 control, {split} perplexity, paired by seed: {_pm(x)} (per seed "
+                  + ", ".join(f"{y:+.2f}" for y in x["values"]) + f"): {verdict} the control.")
+  if "discriminators" in agg:
+    md += ["\n### Discriminators (validation, eq. 6; log 4 = 1.3863)\n", "| stage | D | D at start | gain |",
+           "|---|---|---|---|"]
+    for name, d in agg["discriminators"].items():
+      start = d.get("start_loss")
+      gain = ([s - l for s, l in zip(start["values"], d["loss"]["values"])] if start else None)
+      md.append(f"| {name} | {_pm(d['loss'], 4)} | " + (f"{_pm(start, 4)} | " if start else "– | ")
+                + (f"{sum(gain) / len(gain):+.4f} (per seed " + ", ".join(f"{g:+.4f}" for g in gain) + ") |"
+                   if gain else "– |"))
+  return "\n".join(md) + "\n"
 
 
 def figure1(out: dict, config, workdir: pathlib.Path) -> str:

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from jaxtextgan import evaluation, sampling, stage
+from jaxtextgan.data import lm as lm_data
 from jaxtextgan.errors import InputError
 from jaxtextgan.objectives import gan, lm
 from jaxtextgan.tasks import common
@@ -33,9 +34,16 @@ ARM_NAMES = {"base": "base LM (no fine-tuning)", "none": "fine-tuned on D_real o
 
 
 def gan_run_config(config, base_dir: pathlib.Path) -> ml_collections.ConfigDict:
-  """config.gan (built in configs/augment.py on this run's data, tokenizer and seed), G starting from the base LM."""
+  """config.gan (built in configs/augment.py on this run's data, tokenizer and seed), G starting from the base LM.
+
+  Its sampling temperature is `augment.temperature`, the one the `lm` arm samples at, so both arms' samples come
+  from softmax(logits / T) at one T by construction (the GAN is also trained at it). Its frontier is skipped.
+  """
   c = ml_collections.ConfigDict(config.gan.to_dict())
   c.generator.init_from = str(base_dir)
+  c.gan.temperature = float(config.augment.temperature)
+  if "frontier" in c:
+    c.frontier.temperatures = ()
   return c
 
 
@@ -64,10 +72,11 @@ def _chunks(total: int, size: int):
     yield start, min(size, total - start)
 
 
-def sample_gan(setup: gan_task.Setup, state, num: int, batch: int, seed: int) -> np.ndarray:
-  """num x T ids: hard Gumbel-Softmax samples of the trained G (one-hots -> argmax ids)."""
-  sampler = gan.make_sampler(setup.gan_cfg, setup.gen_cfg.latent_dim, state.g.graphdef, batch)
-  out = [np.asarray(jax.device_get(sampler(state.g.params, jax.random.key(seed + i))))[:n]
+def sample_gan(setup: gan_task.Setup, state, num: int, batch: int, seed: int, temperature: float) -> np.ndarray:
+  """num x T ids: hard Gumbel-Softmax samples of the trained G (one-hots -> argmax ids), exact draws of
+  softmax(logits / temperature)."""
+  sampler = gan.make_temperature_sampler(setup.gen_cfg.latent_dim, state.g.graphdef, batch)
+  out = [np.asarray(jax.device_get(sampler(state.g.params, jax.random.key(seed + i), jnp.float32(temperature))))[:n]
          for i, (_, n) in enumerate(_chunks(num, batch))]
   return np.concatenate(out).astype(np.int32)
 
@@ -83,20 +92,20 @@ def sample_lm(graphdef, params, bos_id: int, num: int, length: int, temperature:
 
 
 def to_blocks(ids: np.ndarray, tokenizer, bos_id: int, path: pathlib.Path) -> np.ndarray:
-  """ids -> text (written to `path`) -> ids with the same tokenizer -> LM blocks [bos, x_1..x_T] (seed 4.3.1).
+  """ids -> text (written to `path`) -> ids with the same tokenizer -> LM blocks of T + 1 tokens (seed 4.3.1).
 
-  The text round trip is what adding generated text to a corpus means; ids re-encoded to another length (BPE
-  merges across a sample's pieces) are cut or padded with bos to T.
+  The text round trip is what adding generated text to a corpus means. The re-encoded samples, each after the
+  `bos` it was generated from, form one stream [bos, s_1, bos, s_2, ...] that is cut into blocks of T + 1 tokens as
+  the real corpus is (data.lm.LMBlocks; the ragged tail is dropped). A sample re-encoded to another length (BPE
+  merges across a sample's pieces) so never needs padding: every target is generated text, none a filler.
   """
   length = ids.shape[1]
   texts = [tokenizer.decode(row) for row in ids]
   if jax.process_index() == 0:
     path.write_text("".join(t.replace("\n", " <eos> ").strip() + "\n" for t in texts), encoding="utf-8")
-  rows = np.full((len(texts), length + 1), bos_id, np.int32)
-  for i, text in enumerate(texts):
-    enc = np.asarray(tokenizer.encode(text), np.int32)[:length]
-    rows[i, 1:1 + enc.size] = enc
-  return rows
+  stream = np.concatenate([np.concatenate([[bos_id], np.asarray(tokenizer.encode(text), np.int64)])
+                           for text in texts]).astype(np.int32)
+  return lm_data.LMBlocks(stream, length, name="synthetic").blocks.copy()
 
 
 # --- fine-tuning arms ---------------------------------------------------------------------------------------------
@@ -194,7 +203,7 @@ def run(config, workdir) -> dict:
   graphdef = jax.eval_shape(lm.make_state_fn(lm_cfg, ft_opt), jax.random.key(0)).graphdef
   length, batch, temp = config.data.seq_len, config.augment.sample_batch, config.augment.temperature
   synthetic = {}
-  for arm, make in (("gan", lambda: sample_gan(setup, gan_state, num, batch, config.seed + 100)),
+  for arm, make in (("gan", lambda: sample_gan(setup, gan_state, num, batch, config.seed + 100, temp)),
                     ("lm", lambda: sample_lm(graphdef, base_params, data.bos_id, num, length, temp, batch,
                                              config.seed + 200))):
     cache = r.workdir / f"synthetic_{arm}.npy"

@@ -22,10 +22,11 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxtextgan import checkpoint, evaluation, stage, training
+from jaxtextgan import checkpoint, evaluation, stage, training, writers
 from jaxtextgan import tokenizers as tok
 from jaxtextgan.data import corpus
 from jaxtextgan.data import lm as lm_data
@@ -156,8 +157,10 @@ def stage_name(kind: str, base: str, variant: str = "disc") -> str:
 
 
 def opt_cfg(stage_cfg) -> dict:
-  """The stage's optimizer config with total_steps = the stage's steps (the schedule's length)."""
-  return {**stage_cfg.optimizer.to_dict(), "total_steps": int(stage_cfg.steps)}
+  """The stage's optimizer config with total_steps = the stage's steps (the schedule's length) and the stage's
+  `train_layers` ('all' | 'head' | 'top:N', `dfine.make_tx`; the discriminator's option)."""
+  return {**stage_cfg.optimizer.to_dict(), "total_steps": int(stage_cfg.steps),
+          "train_layers": str(stage_cfg.get("train_layers", "all"))}
 
 
 def state_fn(model_cfg: gpt2.GPT2Config, stage_cfg):
@@ -210,6 +213,10 @@ def check_options(config) -> list[tuple[str, str]]:
     raise InputError(f"finetune.loss={config.finetune.loss!r} is invalid: use 'dfine' (eq. 12) or 'dfine_kl' (exact "
                      "reverse KL); plain cross-entropy is the run variant 'ce'")
   dfine.logit_bound(float(config.finetune.eps))
+  if dfine.parse_train_layers(config.discriminator.get("train_layers", "all")) is not None and (
+      config.discriminator.init != "lm"):
+    raise InputError(f"discriminator.train_layers={config.discriminator.train_layers!r} freezes layers, which only "
+                     "makes sense for layers copied from the LM: set discriminator.init='lm' or train_layers='all'")
   return runs
 
 
@@ -228,8 +235,7 @@ def lm_stage(p: Plan) -> stage.Stage:
   cfg = p.config
   b, t = int(cfg.data.batch_size), int(cfg.data.seq_len)
   blocks = p.data.blocks["train"] if p.data else jax.ShapeDtypeStruct((b, t + 1), np.int32)
-  evaluate = lambda s: {"valid": evaluation.lm_metrics(s.graphdef, s.params, p.data.blocks["valid"],
-                                                       int(cfg.eval.batch_size), p.mesh)}
+  evaluate = lambda s: {"valid": evaluation.perplexity(s.graphdef, s.params, p.data, "valid", cfg.eval, p.mesh)}
   st = lm_task.lm_stage(STAGE_LM, p.directory(STAGE_LM), p.models["lm"], opt_cfg(cfg.lm), blocks, batch_size=b,
                         seed=cfg.seed, rng_seed=cfg.seed + 7919, num_steps=int(cfg.lm.steps),
                         meta={"tokenizer": p.data.tokenizer_spec if p.data else "", "objective": "lm"},
@@ -256,10 +262,21 @@ def _stage(p: Plan, name: str, kind: str, stage_cfg, step, *, seed: int, frozen:
 def disc_stage(p: Plan, base: str, index: int, q0) -> stage.Stage:
   """Stage 2: the discriminator of eq. (6) against q0 = `q0` (the initial or the perturbed LM)."""
   cfg = p.config
-  evaluate = lambda s: {"valid": numbers.disc_metrics(p, s.params, q0)}
-  start = None
+  start, initial = None, {}
   if cfg.discriminator.init == "lm" or cfg.discriminator.get("bias_init", "zero") != "zero":
-    start = lambda s: _restart(s, disc_init(p, q0))
+    def start(s):
+      initial["params"] = disc_init(p, q0)
+      return _restart(s, initial["params"])
+
+  def evaluate(s):
+    """The trained D on validation, and (split 'valid_start') D before training: with init 'lm' and bias_init
+    'unigram', the unigram-only D r(w|c) = σ(b_w) (zero output weights), so their eq. (6) gap is what D learned
+    from context."""
+    out = {"valid": numbers.disc_metrics(p, s.params, q0)}
+    if start is not None:
+      out["valid_start"] = numbers.disc_metrics(p, initial.get("params") or disc_init(p, q0), q0)
+    return out
+
   return _stage(p, stage_name("disc", base), "disc", cfg.discriminator, dfine.make_disc_step(p.graphdefs["lm"]),
                 seed=cfg.seed + 100 * (index + 1), frozen={"q0": q0}, meta={"objective": "dfine_disc", "base": base},
                 evaluate=evaluate, start=start)
@@ -291,8 +308,7 @@ def _restart(state, params):
 def disc_init(p: Plan, q0):
   """The discriminator's starting parameters: q0's with a zeroed output layer (init 'lm'; r = 1/2 everywhere) or
   random ones (init 'scratch'), then, with bias_init 'unigram', the output bias set to the best context-free
-  discriminator (dfine.unigram_logit) measured on the first `bias_init_blocks` training blocks (0: all of them;
-  few blocks over a large vocabulary give noisy log-odds that are worse than r = 1/2 on held-out data)."""
+  discriminator (dfine.unigram_logit): b_w = log(Q_w / P_w) (`unigram_estimate`)."""
   dcfg = p.config.discriminator
   if dcfg.init == "lm":
     params = jax.jit(dfine.zero_output_layer)(q0)
@@ -306,9 +322,26 @@ def disc_init(p: Plan, q0):
   if not p.models["disc"].output_bias:
     raise InputError("discriminator.bias_init='unigram' sets the output bias, but the model has none: set "
                      "model.output_bias=True or discriminator.bias_init='zero'")
-  blocks = p.data.blocks["train"][:int(dcfg.bias_init_blocks) or None]
+  return jax.jit(dfine.set_output_bias_vector)(params, unigram_estimate(p, q0, int(dcfg.bias_init_blocks)))
+
+
+def unigram_estimate(p: Plan, q0, sample_blocks: int, seed: int = 0):
+  """dfine.unigram_logit (V,) of q0 on the training blocks: P_w = #w over every training target (a count, free),
+  Q_w = Σ_c q0(w|c) over `sample_blocks` blocks drawn without replacement (0: all), scaled by (all targets) /
+  (sampled targets).
+
+  The sampled Q_w is a sum of smooth probabilities, so its relative error is small even for words the sample never
+  contains, unlike counts on the same sample (whose log-odds overfit it: results/dfine_ptb.md's notes); the q0 pass
+  costs sample_blocks / n of the full one.
+  """
+  blocks = p.data.blocks["train"]
   counts = np.bincount(blocks[:, 1:].ravel(), minlength=p.data.vocab_size)
-  return jax.jit(dfine.set_output_bias_vector)(params, dfine.unigram_logit(numbers.q0_mass(p, q0, blocks), counts))
+  if sample_blocks and sample_blocks < len(blocks):
+    rows = np.sort(np.random.default_rng([p.config.seed, seed]).choice(len(blocks), sample_blocks, replace=False))
+    mass = numbers.q0_mass(p, q0, blocks[rows]) * (len(blocks) / sample_blocks)
+  else:
+    mass = numbers.q0_mass(p, q0, blocks)
+  return dfine.unigram_logit(mass, counts)
 
 
 def dry_run_stages(config, mesh) -> list[stage.Stage]:
@@ -378,9 +411,41 @@ def _initial_lm(p: Plan, r: common.Run, init_lm, out: dict):
   return restore_params(ckpt_dir, p.models["lm"], r.mesh, step)
 
 
+def run_seeds(config, workdir) -> dict:
+  """`config.seeds` = (s1, s2, ...): `run` with config.seed = s in <workdir>/seed_<s> (each resumable, its own
+  report.md there), then every number of the reports as mean ± std over the seeds (`numbers.over_seeds`) in
+  <workdir>/seeds.json and the Markdown of `reports.dfine.seeds_report` (config.report.markdown)."""
+  t0 = time.perf_counter()
+  seeds = [int(x) for x in config.seeds]
+  per_seed = {}
+  for seed in seeds:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.seeds, c.seed = (), seed
+    c.report.markdown, c.report.figure = "", ""
+    per_seed[seed] = run(c, pathlib.Path(workdir) / f"seed_{seed}")
+  out = {"seeds": seeds, "per_seed": {s: o["report"] for s, o in per_seed.items()},
+         "over_seeds": numbers.over_seeds([o["report"] for o in per_seed.values()]),
+         "command": numbers.command(), "wall_seconds": time.perf_counter() - t0, "jax_version": jax.__version__,
+         "devices": f"{len(jax.devices())} {jax.devices()[0].platform} device(s)",
+         "stage_wall_seconds": {s: {k: v.get("wall_seconds", 0.0) for k, v in o["stages"].items()}
+                                for s, o in per_seed.items()}}
+  md = report.seeds_report(out, config)
+  if jax.process_index() == 0:
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(workdir) / "seeds.md").write_text(md, encoding="utf-8")
+    if config.report.get("markdown"):
+      writers.write_report(config.report.markdown, md)
+  stage.write_json(pathlib.Path(workdir) / "seeds.json", out)
+  print(md, flush=True)
+  return out
+
+
 def run(config, workdir) -> dict:
   """Runs (or resumes) the three stages, computes the report's numbers and writes the report; returns them with
-  every stage's done record. SIGTERM raises `errors.Preempted` after the running stage saved."""
+  every stage's done record. SIGTERM raises `errors.Preempted` after the running stage saved. With
+  `config.seeds`, `run_seeds`."""
+  if config.get("seeds"):
+    return run_seeds(config, workdir)
   t0 = time.perf_counter()
   check_options(config)
   init_lm = init_lm_checkpoint(config)
@@ -412,8 +477,12 @@ def run(config, workdir) -> dict:
     out["figure1"] = numbers.figure1(r.workdir, {stage_name("ft", *run_): run_ for run_ in p.runs}, probes)
   else:
     out["report"] = numbers.table2(p, q0, discs["initial"], evals)
-  out["report"]["discriminators"] = {stage_name("disc", b): out["stages"][stage_name("disc", b)]["eval"]["valid"]
-                                     for b in p.disc_bases}
+  out["report"]["discriminators"] = {}
+  for b in p.disc_bases:
+    ev = out["stages"][stage_name("disc", b)]["eval"]
+    out["report"]["discriminators"][stage_name("disc", b)] = {
+      **ev["valid"], **({"start_loss": ev["valid_start"]["loss"]} if "valid_start" in ev else {}),
+      "train_layers": str(config.discriminator.get("train_layers", "all"))}
   out.update(command=numbers.command(), jax_version=jax.__version__, wall_seconds=time.perf_counter() - t0,
              devices=f"{len(jax.devices())} {jax.devices()[0].platform} device(s)")
   report.write(out, config, r.workdir)

@@ -2,8 +2,10 @@
 fine-tuning evaluation (eq. 10-12, reverse KL), Table 1 against the exact p, Table 2, Figure 1's probe and curves.
 
 Each function takes the run's `tasks.dfine.Plan` (config, mesh, graphs, data); `reports.dfine` renders the dict
-they fill. Every sum runs over every block of a split (`evaluation.reduce_sums`), so no number depends on the
-batch size.
+they fill. Every sum runs over every scored target of a split (`evaluation.reduce_sums`), so no number depends on
+the batch size. On text, the validation and test numbers score the contiguous stream with sliding windows by default
+(`eval.perplexity`, `eval.stride`; `evaluation.batches`), and each metrics dict records its `window` and `stride`
+(0: blocks); the trigram oracle's sentences are independent, so there the block method is exact and is used.
 """
 
 from __future__ import annotations
@@ -40,18 +42,25 @@ def _batches(p: Plan, blocks):
   return evaluation.block_batches(blocks, int(p.config.eval.batch_size))
 
 
+def _split_batches(p: Plan, split: str):
+  """(batches of `split` by the configured perplexity method, {window, stride})."""
+  return evaluation.batches(p.data, split, p.config.eval)
+
+
 def disc_metrics(p: Plan, params, q0, split: str = "valid") -> dict[str, float]:
   """Eq. (6) on real contexts of `split`: D, D^(q), D^(p), and mean r on q0's words and on the true words."""
   g = p.graphdefs
-  return dfine.summarize_disc_eval(evaluation.reduce_sums(_DISC_SUMS, _batches(p, p.data.blocks[split]), p.mesh,
-                                                          g["disc"], g["lm"], params, q0))
+  batches, info = _split_batches(p, split)
+  return {**dfine.summarize_disc_eval(evaluation.reduce_sums(_DISC_SUMS, batches, p.mesh, g["disc"], g["lm"], params,
+                                                             q0)), **info}
 
 
 def finetune_metrics(p: Plan, graphdef, params, q0, disc, split: str) -> dict[str, float]:
   """Table 2's columns of an LM on `split`: eq. (12) loss, perplexity, reverse KL (eq. 10-12 and exact over V)."""
   g = p.graphdefs
-  return dfine.summarize_finetune_eval(evaluation.reduce_sums(
-    _FT_SUMS, _batches(p, p.data.blocks[split]), p.mesh, graphdef, g["lm"], g["disc"], p.eps, params, q0, disc))
+  batches, info = _split_batches(p, split)
+  return {**dfine.summarize_finetune_eval(evaluation.reduce_sums(
+    _FT_SUMS, batches, p.mesh, graphdef, g["lm"], g["disc"], p.eps, params, q0, disc)), **info}
 
 
 def q0_mass(p: Plan, q0, blocks) -> np.ndarray:
@@ -94,8 +103,7 @@ def make_probe(p: Plan, chosen: int, q0, disc):
   def probe(state, step):
     out = {"q_chosen": float(_probe_prob(state.params, state.graphdef, context, col, chosen))}
     if valid_every and step % valid_every == 0:
-      out.update(evaluation.lm_metrics(state.graphdef, state.params, p.data.blocks["valid"],
-                                       int(p.config.eval.batch_size), p.mesh))
+      out.update(evaluation.perplexity(state.graphdef, state.params, p.data, "valid", p.config.eval, p.mesh))
     return out
 
   record = {"row": row, "position": col, "word": chosen}
@@ -162,6 +170,42 @@ def figure1(workdir: pathlib.Path, runs: dict, probes: dict) -> dict[str, Any]:
                       **{k: sorted({x["step"]: x[k] for x in rows if k in x}.items())
                          for k in ("perplexity", "q_chosen")}}
   return curves
+
+
+def over_seeds(reports: list[dict]) -> dict:
+  """Every numeric leaf of the per-seed report dicts as {"mean", "std" (sample, ddof 1; 0 for one seed), "n",
+  "values"}, where all seeds have it; with Table 2, `paired` holds each fine-tuning row minus the r ≡ 1/2 row
+  (test and validation perplexity), per seed, as the same summary."""
+  def leaves(d, prefix=()):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from leaves(v, prefix + (str(k),))
+      elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        yield prefix + (str(k),), float(v)
+
+  def summary(values):
+    values = np.asarray(values, np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "n": int(len(values)), "values": values.tolist()}
+
+  found: dict[tuple, list] = {}
+  for rep in reports:
+    for path, v in leaves(rep):
+      found.setdefault(path, []).append(v)
+  out: dict = {}
+  for path, values in found.items():
+    if len(values) == len(reports):
+      node = out
+      for k in path[:-1]:
+        node = node.setdefault(k, {})
+      node[path[-1]] = summary(values)
+  control = TABLE2_LABELS["nodisc"]
+  if all("table2" in r and control in r["table2"] for r in reports):
+    out["paired"] = {label: {s: summary([r["table2"][label][s]["perplexity"] - r["table2"][control][s]["perplexity"]
+                                         for r in reports]) for s in ("valid", "test") if s in reports[0]["table2"][label]}
+                     for label in reports[0]["table2"] if label != control
+                     and all(label in r["table2"] for r in reports)}
+  return out
 
 
 def command() -> str:

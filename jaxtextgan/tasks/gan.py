@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxtextgan import checkpoint, evaluation, metrics, stage, training, writers
+from jaxtextgan import checkpoint, evaluation, frontier, metrics, stage, training, writers
 from jaxtextgan import sharding as shd
 from jaxtextgan.data import corpus
 from jaxtextgan.data import lm as lm_data
@@ -277,8 +277,10 @@ def _select_lm(g_graphdef, g_params):
 
 
 class GeneratorEval:
-  """Samples G and scores the samples: BLEU-2..5 vs held-out sentences, Self-BLEU, distinct-n, NLL-test of G's LM,
-  NLL-oracle for the trigram source."""
+  """Samples G and scores the samples: BLEU-2..5 vs held-out sentences, Self-BLEU, distinct-n, NLL-oracle for the
+  trigram source, and `nll_test`: the test NLL of G's GPT-2 read as a plain LM (blocks from the corpus stream, no z,
+  temperature 1, no forbidden ids), which is not G's likelihood; G's own, at its sampling temperature, is the
+  frontier's (`jaxtextgan.frontier`)."""
 
   def __init__(self, run: common.Run, cfg, data: corpus.Corpus, gan_cfg: gan.GANConfig, gen_cfg, g_graphdef):
     self.run, self.cfg, self.data, self.gen_cfg = run, cfg, data, gen_cfg
@@ -296,13 +298,13 @@ class GeneratorEval:
     ids = self.sample_ids(g_params, num, seed)
     hyps = [self.data.sentence(row) for row in ids]
     out = metrics.sequence_metrics(hyps, self.references, max_references=self.cfg.eval.max_references,
-                                   seed=seed)
+                                   max_self_references=self.cfg.eval.get("max_self_references") or None, seed=seed)
     if self.data.trigram is not None:
       out["nll_oracle"] = metrics.nll_oracle(ids, self.data.trigram.log_prob)
     if (self.gen_cfg.kind == "gpt2" and with_nll_test and self.cfg.eval.get("nll_test", True)
         and "test" in self.data.blocks):
-      test = evaluation.lm_metrics(self.g_graphdef, g_params, self.data.blocks["test"], self.cfg.eval.batch_size,
-                                   self.run.mesh, select=_select_lm)
+      test = evaluation.perplexity(self.g_graphdef, g_params, self.data, "test", self.cfg.eval, self.run.mesh,
+                                   select=_select_lm)
       out["nll_test"] = test["nll"]
       out["ppl_test"] = test["perplexity"]
     return out, [self.data.decode(row) for row in ids]
@@ -327,7 +329,7 @@ def gan_stages(run: common.Run | None, cfg, data: corpus.Corpus, s: Setup, start
   d_step, _, train_step = gan.make_steps(s.gan_cfg, s.gen_cfg.latent_dim, run.mesh if run is not None else None)
   real = data.sentence_starts("train", cfg.generator.length)
   init = gan.make_state_fn(s.gen_cfg, s.lm_cfg, s.disc_cfg, s.g_opt, s.d_opt)
-  common_fields = dict(init=init, seed=cfg.seed + 2, log_every=cfg.gan.log_every,
+  common_fields = dict(init=init, seed=cfg.seed + 2, log_every=cfg.gan.log_every, compute_dtype=s.lm_cfg.dtype,
                        compiler_options=training.FAST_COMPILE if cfg.gan.fast_compile else None)
   meta = {"tokenizer": data.tokenizer_spec, **s.checkpoint_meta()}
   where = (lambda name: None) if run is None else (lambda name: run.workdir / name)
@@ -367,8 +369,8 @@ def _warmup_step(d_step):
 _SUMMARY_KEYS = (("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu4", "BLEU-4"), ("bleu5", "BLEU-5"),
                  ("self_bleu3", "Self-BLEU-3 (lower = more diverse)"), ("self_bleu4", "Self-BLEU-4"),
                  ("distinct1", "distinct-1"), ("distinct2", "distinct-2"), ("distinct3", "distinct-3"),
-                 ("length", "mean sentence length"), ("nll_test", "NLL-test of G (nats/token)"),
-                 ("ppl_test", "test perplexity of G"), ("nll_oracle", "NLL-oracle (nats/token)"))
+                 ("length", "mean sentence length"), ("nll_test", "NLL-test of G's GPT-2 as an LM"),
+                 ("ppl_test", "test perplexity of G's GPT-2"), ("nll_oracle", "NLL-oracle (nats/token)"))
 
 
 def summary(results: dict) -> str:
@@ -385,7 +387,48 @@ def summary(results: dict) -> str:
     lines.append(f"G after MLE pre-training: valid perplexity {results['pretrain_valid']['perplexity']:.2f}")
   lines.append(f"samples: {results['samples']}; wall time {results['wall_seconds']:.0f} s "
                "(of the invocation that finished the run)")
+  if results.get("frontier"):
+    lines += frontier_lines(results["frontier"])
   return "\n".join(lines)
+
+
+def frontier_lines(f: dict) -> list[str]:
+  """The short frontier's lines: one per (generator, T), then which generator is ahead at matched diversity."""
+  keys = [k for k in ("nll_oracle", "nll_test", "bleu5", "self_bleu5") if k in f["rows"][0]]
+  names = {"nll_oracle": "NLL-oracle", "nll_test": "NLL-test(G,T)", "bleu5": "BLEU-5", "self_bleu5": "Self-BLEU-5"}
+  lines = [f"frontier: {f['num_samples']} samples per point at T in {tuple(f['temperatures'])}; NLL-test(G,T) = G's "
+           f"own NLL of test sentences at T ({f['num_z']} latents); diversity {f['x']}, quality {f['y']}",
+           f"{'generator':<22}{'T':>6}" + "".join(f"{names[k]:>15}" for k in keys)]
+  for r in f["rows"]:
+    lines.append(f"{r['generator']:<22}{r['temperature']:>6.2f}" + "".join(f"{r[k]:>15.4f}" for k in keys))
+  lines.append(f["comparison"]["verdict"])
+  return lines
+
+
+def initial_g_params(cfg, s: Setup, lm_params):
+  """G before any GAN step: the GAN stages' initial state (key cfg.seed + 2) with G's LM injected, as `run`'s
+  `start` builds it (the D warm-up only reads G)."""
+  def make(key):
+    state = s.init(key)
+    return (state if lm_params is None else gan.with_lm_params(state, lm_params)).g.params
+  return jax.jit(make)(jax.random.key(cfg.seed + 2))
+
+
+def short_frontier(cfg, data: corpus.Corpus, s: Setup, lm_params, g_params, png: pathlib.Path | None) -> dict:
+  """The MLE G (G before the GAN; "initial G" when no LM was pre-trained or restored) against the GAN's G at
+  `frontier.temperatures` (`jaxtextgan.frontier`)."""
+  f = cfg.frontier
+  gens = [frontier.Generator("MLE G" if lm_params is not None else "initial G", s.g_graphdef, initial_g_params(cfg, s, lm_params), s.gen_cfg.latent_dim),
+          frontier.Generator(f"GAN G ({cfg.gan.loss})", s.g_graphdef, g_params, s.gen_cfg.latent_dim)]
+  rows = frontier.sweep(gens, data, f.temperatures, length=cfg.generator.length, num_samples=f.num_samples,
+                        seed=cfg.sample.seed, num_z=f.num_z, batch_size=cfg.eval.batch_size,
+                        max_references=cfg.eval.max_references, max_test=f.get("max_test") or None, log=None)
+  axes = frontier.axes_for(data)
+  if png is not None and jax.process_index() == 0:
+    frontier.plot({"seed " + str(cfg.seed): rows}, axes, png, title=f"MLE G vs GAN G ({cfg.gan.loss})")
+  return {"rows": rows, "x": axes.x, "y": axes.y, "temperatures": list(f.temperatures),
+          "num_samples": f.num_samples, "num_z": f.num_z,
+          "comparison": frontier.compare(rows, gens[1].name, gens[0].name, axes)}
 
 
 def _describe(cfg, lm_cfg: gpt2.GPT2Config) -> tuple[str, str]:
@@ -491,6 +534,9 @@ def run(config, workdir) -> dict:
     key = "nll_oracle" if data.trigram is not None else "bleu3"
     panels.append((key, [("valid", key)]))
   writers.plot_curves(r.workdir / "metrics.jsonl", r.workdir / "gan_curves.png", panels)
+  short = None
+  if cfg.get("frontier") and cfg.frontier.temperatures:
+    short = short_frontier(cfg, data, s, lm_params, state.g.params, r.workdir / "frontier.png")
   r.writer.close()
   gen_name, disc_name = _describe(cfg, lm_cfg)
   results = {
@@ -499,7 +545,7 @@ def run(config, workdir) -> dict:
     "init_from": cfg.generator.init_from, "gan_steps": steps, "num_samples": cfg.sample.num,
     "pretrain_valid": pretrain_valid, "before": before, "after": after,
     "last_train_metrics": result.done["train"], "samples": str(r.workdir / "samples.txt"),
-    "curves": str(r.workdir / "gan_curves.png"), "wall_seconds": time.perf_counter() - t0,
+    "curves": str(r.workdir / "gan_curves.png"), "frontier": short, "wall_seconds": time.perf_counter() - t0,
   }
   stage.write_json(r.workdir / "results.json", results)
   print(summary(results), flush=True)

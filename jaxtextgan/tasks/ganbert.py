@@ -44,7 +44,7 @@ from jaxtextgan import checkpoint, predict, stage, training, writers
 from jaxtextgan.data import classification as cls_data
 from jaxtextgan.errors import InputError, Preempted
 from jaxtextgan.metrics import classification_metrics
-from jaxtextgan.models import bert, classifier
+from jaxtextgan.models import bert, classifier, hf_bert
 from jaxtextgan.objectives import ganbert
 from jaxtextgan.tasks import common
 
@@ -58,20 +58,20 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.jso
 class EncoderBundle:
   directory: pathlib.Path
   params: Any  # nnx.State of the encoder's Params
-  tokenizer: bert.WordPieceTokenizer
+  tokenizer: hf_bert.WordPieceTokenizer
   config: bert.BertConfig
 
 
 def _encoder_source(model_cfg) -> tuple[pathlib.Path, float | None]:
   """(model.encoder_dir, '' = the bundled MiniLM; the dropout override, None = the checkpoint's)."""
-  directory = pathlib.Path(model_cfg.encoder_dir) if model_cfg.encoder_dir else bert.default_encoder_dir()
+  directory = pathlib.Path(model_cfg.encoder_dir) if model_cfg.encoder_dir else hf_bert.default_encoder_dir()
   return directory, (model_cfg.encoder_dropout if model_cfg.encoder_dropout >= 0 else None)
 
 
 def load_encoder(model_cfg, max_len: int) -> EncoderBundle:
   """The pretrained BERT of model.encoder_dir, with the configured dropout."""
   directory, dropout = _encoder_source(model_cfg)
-  encoder, tokenizer, bert_cfg = bert.load_bert(directory, max_len=max_len, dropout=dropout)
+  encoder, tokenizer, bert_cfg = hf_bert.load_bert(directory, max_len=max_len, dropout=dropout)
   return EncoderBundle(directory, nnx.state(encoder, nnx.Param), tokenizer, bert_cfg)
 
 
@@ -403,7 +403,7 @@ def write_report(config, rows: Sequence[dict], command: str) -> None:
     return
   exp, data_cfg, opt = config.experiment, config.data, config.optimizer
   summary = summarize(rows)
-  encoder = config.model.encoder_dir or f"bundled all-MiniLM-L6-v2 ({bert.default_encoder_dir()})"
+  encoder = config.model.encoder_dir or f"bundled all-MiniLM-L6-v2 ({hf_bert.default_encoder_dir()})"
   first = rows[0]
   budget = (f"{config.train.steps} iterations" if config.train.steps > 0 else f"{config.train.epochs:g} epochs")
   lines = [

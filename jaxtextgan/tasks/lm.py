@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import tempfile
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
-from jaxtextgan import evaluation, sampling, stage, training, writers
+from jaxtextgan import evaluation, prepare, sampling, stage, training, writers
 from jaxtextgan import sharding as shd
+from jaxtextgan import tokenizers as tok
 from jaxtextgan.data import lm as lm_data
+from jaxtextgan.data import shards
+from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import lm
 from jaxtextgan.tasks import common
@@ -22,24 +27,36 @@ from jaxtextgan.tasks import common
 
 def lm_stage(name: str, directory: pathlib.Path | None, model_cfg: gpt2.GPT2Config, opt_cfg, train_blocks, *,
              batch_size: int, seed: int, rng_seed: int, num_steps: int, meta: dict, evaluate=None, **options):
-  """MLE on next tokens (GAN seed eq. 1-2) over `train_blocks` (n, T+1); `options` are further Stage fields."""
-  blocks = getattr(train_blocks, "blocks", train_blocks)
+  """MLE on next tokens (GAN seed eq. 1-2) over `train_blocks`: blocks (n, T+1) in memory, or shards on disk (a
+  `data.shards.ShardSplit`, read through Grain); `options` are further Stage fields."""
   init = lm.make_state_fn(model_cfg, opt_cfg)
-  seq_len = blocks.shape[1] - 1
+  if hasattr(train_blocks, "batch_iterator"):  # shards on disk
+    seq_len = train_blocks.seq_len
+    batches = lambda: train_blocks.batch_iterator(batch_size, seed, jax.process_index(), jax.process_count())
+  else:
+    blocks = getattr(train_blocks, "blocks", train_blocks)
+    seq_len = blocks.shape[1] - 1
+    batches = lambda: lm_data.BatchIterator(blocks, batch_size, seed=seed, process_index=jax.process_index(),
+                                            process_count=jax.process_count())
   n_params = gpt2.count_params(jax.eval_shape(init, jax.random.key(0)).params)
   return stage.Stage(
     name=name, directory=directory, init=init, steps=(lm.train_step,),
-    batches=lambda: lm_data.BatchIterator(blocks, batch_size, seed=seed, process_index=jax.process_index(),
-                                          process_count=jax.process_count()),
+    batches=batches,
     batch_spec=stage.int_batch(inputs=(batch_size, seq_len), targets=(batch_size, seq_len)), num_steps=num_steps, seed=seed, rng_seed=rng_seed,
     meta={"model": dataclasses.asdict(model_cfg), **meta}, evaluate=evaluate,
     tokens_per_step=batch_size * seq_len, compiler_options=training.lm_compiler_options(),
+    compute_dtype=model_cfg.dtype,
     model_flops_per_step=batch_size * seq_len * gpt2.train_flops_per_token(n_params, model_cfg.n_layer, model_cfg.d_model, seq_len), **options)
 
 
-def evaluate_splits(state, blocks: dict, splits, batch_size: int, mesh) -> dict:
-  """{split: perplexity, NLL and accuracy} of an LM state."""
-  return {s: evaluation.lm_metrics(state.graphdef, state.params, blocks[s], batch_size, mesh)
+def evaluate_splits(state, data, splits, eval_cfg, mesh) -> dict:
+  """{split: perplexity, NLL, accuracy, window, stride} of an LM state, by `eval_cfg`'s method (the `eval` config
+  block, or a bare batch size for the default: sliding windows where `data` has a stream; `evaluation.batches`).
+
+  `data`: a `data.corpus.Corpus` or {split: LMBlocks (with its stream) or blocks (block method)}.
+  """
+  blocks = data.blocks if hasattr(data, "streams") else data
+  return {s: evaluation.perplexity(state.graphdef, state.params, data, s, eval_cfg, mesh)
           for s in splits if s in blocks}
 
 
@@ -57,14 +74,18 @@ def write_samples(run: common.Run, state, tokenizer, step: int, name: str = "sam
 
 def plan(config, run: common.Run | None = None):
   """(tokenizer, blocks, model config, the Stage) of `config`; `run` None plans without a workdir (dry run)."""
-  splits = common.text_splits(config.data)
-  tokenizer = (common.tokenizer_for(run.workdir, config.tokenizer.spec, splits["train"],
-                                    config.tokenizer.get("vocab_size") or None) if run is not None else
-               common.build_tokenizer(config, splits))
+  if config.data.source == "shards":
+    tokenizer, blocks = shard_data(config, run)
+  else:
+    splits = common.text_splits(config.data)
+    tokenizer = (common.tokenizer_for(run.workdir, config.tokenizer.spec, splits["train"],
+                                      config.tokenizer.get("vocab_size") or None) if run is not None else
+                 common.build_tokenizer(config, splits))
   model_cfg = common.model_config(config.model, tokenizer.vocab_size)
   common.check_seq_len(config.data.seq_len, model_cfg)
-  blocks = lm_data.lm_blocks(splits, tokenizer, config.data.seq_len,
-                             cache_dir=run.workdir / "cache" if run is not None else None)
+  if config.data.source != "shards":
+    blocks = lm_data.lm_blocks(splits, tokenizer, config.data.seq_len,
+                               cache_dir=run.workdir / "cache" if run is not None else None)
   train = config.train
   mesh = run.mesh if run is not None else None
   lm_stage_ = lm_stage(
@@ -72,10 +93,36 @@ def plan(config, run: common.Run | None = None):
     batch_size=config.data.batch_size, seed=config.seed, rng_seed=config.seed + 1, num_steps=train.steps,
     meta={"tokenizer": tokenizer.spec, "objective": "lm"}, keep=train.keep_checkpoints, log_every=train.log_every,
     checkpoint_every=train.checkpoint_every, writer=run.writer if run is not None else None,
-    probe=lambda s, _: evaluate_splits(s, blocks, ("valid",), config.eval.batch_size, mesh)["valid"],
+    probe=lambda s, _: evaluate_splits(s, blocks, ("valid",), config.eval, mesh)["valid"],
     probe_every=train.eval_every,
-    evaluate=lambda s: evaluate_splits(s, blocks, ("valid", "test"), config.eval.batch_size, mesh))
+    evaluate=lambda s: evaluate_splits(s, blocks, ("valid", "test"), config.eval, mesh))
   return tokenizer, blocks, model_cfg, lm_stage_
+
+
+def shard_data(config, run: common.Run | None = None):
+  """(tokenizer, {train: ShardSplit, valid/test: LMBlocks in memory}) of `data.source='shards'`: the manifest must
+  match tokenizer.spec and data.seq_len; the tokenizer comes from the shards (and is saved in the workdir)."""
+  d = config.data
+  if not d.get("shards_dir"):
+    raise InputError("data.source='shards' needs data.shards_dir: the --out of python -m jaxtextgan.prepare")
+  manifest = shards.read_manifest(d.shards_dir)
+  shards.check_manifest(manifest, d.shards_dir, config.tokenizer.spec, d.seq_len)
+  saved = run.workdir / "tokenizer" if run is not None else None
+  if saved is not None and saved.is_dir():
+    tokenizer = tok.load_tokenizer(saved)
+    if tokenizer.spec != manifest["tokenizer"]["spec"]:
+      raise InputError(f"workdir {run.workdir} was trained with tokenizer {tokenizer.spec}, but the shards in "
+                       f"{d.shards_dir} use {manifest['tokenizer']['spec']}: use a new --workdir")
+  else:
+    with tempfile.TemporaryDirectory() as tmp:
+      tokenizer = tok.load_tokenizer(prepare.copy_tokenizer(epath.Path(d.shards_dir) / prepare.TOKENIZER_DIR, tmp))
+    if saved is not None and jax.process_index() == 0:
+      tokenizer.save(saved)
+  blocks = {"train": shards.ShardSplit(d.shards_dir, "train", manifest, workers=d.get("workers", 0))}
+  for split in ("valid", "test"):
+    if split in manifest["splits"]:
+      blocks[split] = shards.ShardSplit(d.shards_dir, split, manifest).load()
+  return tokenizer, blocks
 
 
 def dry_run_stages(config, mesh) -> list[stage.Stage]:
