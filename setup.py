@@ -28,6 +28,7 @@ setup(
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    "scikit-learn>=1.4,<2",  # GAN-BERT experiment: the frozen-encoder logistic-regression peer
   ],
   extras_require={
     "test": [

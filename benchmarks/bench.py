@@ -54,6 +54,11 @@ OBJECTIVES = ("lm", "gan", "ganbert", "dfine")
 PEERS = ("torch", "flax", "torch_bf16")
 VARIANTS = ("unrolled", "scan", "bf16")
 PEAKS = ("peak:matmul", "peak:matmul_bf16")
+# The objectives each peer implements (flax and torch_bf16: the LM only).
+PEER_OBJECTIVES = {"torch": ("lm", "gan", "ganbert"), "flax": ("lm",), "torch_bf16": ("lm",)}
+GAN_MODELS = ("main", "size")
+ENCODERS = ("size", "minilm")
+GANBERT_CLASSES = 6
 JAXPR_FLOPS = "jaxpr matmuls (scan bodies x length)"
 
 # GAN-BERT's encoder at each size: BERT widths matching the GPT-2 preset of the same name.
@@ -71,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=7, help="timed rounds (one step of every worker per round)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per worker after compiling")
   p.add_argument("--peers", default="torch,flax",
-                 help="comma list of torch, flax and torch_bf16 (PyTorch under bf16 autocast); empty for none")
+                 help="comma list of torch (every objective but dfine), flax and torch_bf16 (PyTorch under bf16 "
+                      "autocast; both LM only); empty for none")
   p.add_argument("--objectives", default="lm", help="comma list of lm, gan, ganbert, dfine")
   p.add_argument("--variants", default="unrolled",
                  help="comma list of unrolled, scan (our GPT-2 layer layouts, models/gpt2.py scan_layers) and "
@@ -84,8 +90,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--threads", type=int, default=0, help="PyTorch threads; 0 = the cores this process may use")
   p.add_argument("--profile", default="",
                  help="directory: trace one extra step of each JAX worker (ours, HF Flax) here")
-  p.add_argument("--gan_len", type=int, default=32,
-                 help="tokens G generates per sample in the GAN step (configs/gan.py uses 20)")
+  p.add_argument("--gan_len", type=int, default=16,
+                 help="tokens G generates per sample in the GAN step (configs/gan.py uses 16)")
+  p.add_argument("--gan_model", default="main", choices=GAN_MODELS,
+                 help="the GAN step's G: 'main' is configs/gan.py's GPT-2 (2 x 128, d_ff 512; vocabulary --vocab or "
+                      "10000, PTB's words); 'size' is the --size preset (e.g. GPT-2 small). D is always configs/gan.py's "
+                      "CNN and the loss its minimax (eq. 4-5)")
+  p.add_argument("--encoder", default="size", choices=ENCODERS,
+                 help="GAN-BERT's encoder: 'minilm' is the bundled all-MiniLM-L6-v2 (hf_bert.default_encoder_dir(), "
+                      "its weights, offline), 'size' a random BERT of the --size preset's widths")
   p.add_argument("--sequential", action="store_true",
                  help="one worker at a time (each alternating only with the peak worker): when the workers "
                       "together do not fit in memory")
@@ -133,9 +146,10 @@ def xla_flops(compiled) -> float:
 # ------------------------------------------------------------------------------------------------------ workers
 
 
-def _tokens(args, vocab: int, seed: int = 0):
+def _tokens(args, vocab: int, seed: int = 0, length: int = 0):
+  """(inputs, targets) (batch, length or --seq) int32: random ids, the targets shifted by one."""
   import numpy as np
-  ids = np.random.default_rng(seed).integers(0, vocab, (args.batch, args.seq + 1)).astype(np.int32)
+  ids = np.random.default_rng(seed).integers(0, vocab, (args.batch, (length or args.seq) + 1)).astype(np.int32)
   return ids[:, :-1], ids[:, 1:]
 
 
@@ -239,6 +253,37 @@ class OursLM(JaxWorker):
     self.info.update(_lm_info(args, cfg, gpt2.count_params(self.state.params)))
 
 
+def _gan_cfgs(args):
+  """(G's GPT-2, GeneratorConfig, DiscriminatorConfig, GANConfig): configs/gan.py's GAN phase at --batch.
+
+  G: configs/gan.py's GPT-2 (--gan_model=main) or the --size preset (size), decoding --gan_len tokens with a KV
+  cache and no dropout (the generator's decode passes no dropout key); D: its CNN (widths 2, 3, 4, 64 filters,
+  embedding 64, dropout on the pooled features); the minimax loss, n_critic 1, straight-through tokens.
+  """
+  from jaxtextgan.models import discriminator as disc_lib
+  from jaxtextgan.models import generator as gen_lib
+  from jaxtextgan.models import gpt2
+  from jaxtextgan.objectives import gan
+  if args.gan_model == "main":
+    lm_cfg = gpt2.GPT2Config(vocab_size=args.vocab or 10000, max_len=max(64, args.gan_len), n_layer=2, d_model=128,
+                             n_head=4, d_ff=512, dropout=args.dropout)
+  else:
+    lm_cfg = _gpt2_cfg(args)
+    lm_cfg = lm_cfg.replace(max_len=max(lm_cfg.max_len, args.gan_len))
+  gen_cfg = gen_lib.GeneratorConfig(kind="gpt2", length=args.gan_len, latent_dim=32)
+  disc_cfg = disc_lib.DiscriminatorConfig(kind="cnn", vocab_size=lm_cfg.vocab_size, max_len=args.gan_len,
+                                          d_model=64, widths=(2, 3, 4), filters=64, dropout=0.1)
+  cfg = gan.GANConfig(loss="minimax", n_critic=1, batch_size=args.batch, hard=True,
+                      tau=gan.TauSchedule("exponential", 1.0, 0.3, 300))
+  return lm_cfg, gen_cfg, disc_cfg, cfg
+
+
+def _gan_note(args, lm_cfg) -> str:
+  return (f"minimax, n_critic 1, G = GPT-2 {lm_cfg.n_layer}x{lm_cfg.d_model} (V {lm_cfg.vocab_size}) decoding "
+          f"{args.gan_len} straight-through Gumbel-Softmax tokens with a KV cache, D = CNN (2,3,4 x 64); one D and "
+          f"one G update per step; tokens = generated tokens")
+
+
 class OursGAN(JaxWorker):
   """The Gumbel-Softmax text GAN (objectives/gan.py): one train_step = one critic step + one generator step."""
   name = "jaxtextgan:gan"
@@ -248,32 +293,48 @@ class OursGAN(JaxWorker):
     import jax.numpy as jnp
     from jaxtextgan import sharding as shd
     from jaxtextgan import training
-    from jaxtextgan.models import discriminator as disc_lib
-    from jaxtextgan.models import generator as gen_lib
     from jaxtextgan.objectives import gan
-    args, lm_cfg = self.args, _gpt2_cfg(self.args)
-    # G decodes gan_len tokens (the backward pass keeps every step's KV cache, so memory grows with gan_len^2).
-    gen_cfg = gen_lib.GeneratorConfig(kind="gpt2", length=args.gan_len, latent_dim=64)
-    # D: a Transformer critic of G's own size (configs/gan.py's default loss, WGAN-GP).
-    disc_cfg = disc_lib.DiscriminatorConfig(kind="transformer", vocab_size=lm_cfg.vocab_size, max_len=args.gan_len,
-                                            n_layer=lm_cfg.n_layer, d_model=lm_cfg.d_model, n_head=lm_cfg.n_head,
-                                            d_ff=lm_cfg.d_ff, dropout=args.dropout)
-    cfg = gan.GANConfig(loss="wgan-gp", n_critic=1, batch_size=args.batch)
+    args = self.args
+    lm_cfg, gen_cfg, disc_cfg, cfg = _gan_cfgs(args)
     mesh = self.mesh()
     opt = opt_cfg(args)
     self.state, shardings = training.init_sharded_state(gan.make_state_fn(gen_cfg, lm_cfg, disc_cfg, opt, opt),
                                                          jax.random.key(0), mesh)
-    real, _ = _tokens(args, lm_cfg.vocab_size)
-    self.batch = {"real": jnp.asarray(real)[:, None, :args.gan_len]}
+    real, _ = _tokens(args, lm_cfg.vocab_size, length=args.gan_len)
+    self.batch = {"real": jnp.asarray(real)[:, None, :]}
     self.rng = jax.random.key(1)
     _, _, train_step = gan.make_steps(cfg, gen_cfg.latent_dim, mesh)
     self.count_flops(train_step, self.state, self.batch, self.rng)
     jitted = training.jit_step(train_step, mesh, shardings, {"real": shd.batch_sharding(mesh, 3)})
     self.fn = self.compile(jitted, self.state, self.batch, self.rng)
-    self.info.update(tokens_per_step=args.batch * args.gan_len,
-                     flops_source=JAXPR_FLOPS,
-                     note=f"WGAN-GP, n_critic=1, G = GPT-2 decoding {args.gan_len} tokens with a KV cache, "
-                          "D = a Transformer of G's size; tokens = generated tokens")
+    self.info.update(tokens_per_step=args.batch * args.gan_len, flops_source=JAXPR_FLOPS,
+                     note=_gan_note(args, lm_cfg))
+
+
+def _bert_cfg(args):
+  """GAN-BERT's encoder config: MiniLM's (--encoder=minilm) or BERT at the --size preset's widths; dropout --dropout."""
+  from jaxtextgan.models import bert
+  if args.encoder == "minilm":
+    from jaxtextgan.models import classifier, hf_bert
+    return classifier.encoder_config(hf_bert.default_encoder_dir(), args.seq, args.dropout)
+  size = BERT_SIZES[args.size]
+  return bert.BertConfig(**{**size, "hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout,
+                            "max_position_embeddings": max(args.seq, size.get("max_position_embeddings", 512)),
+                            **({"vocab_size": args.vocab} if args.vocab else {})})
+
+
+def _ganbert_batch(args, vocab: int) -> dict:
+  """ids, an all-ones mask and labels in [-1, k) (-1: unlabeled, about 1 row in k+1), the same for every framework."""
+  import numpy as np
+  ids, _ = _tokens(args, vocab)
+  labels = np.random.default_rng(1).integers(-1, GANBERT_CLASSES, (args.batch,)).astype(np.int32)
+  return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels}
+
+
+def _ganbert_note(args, bert_cfg, labeled: int) -> str:
+  return (f"BERT {bert_cfg.num_hidden_layers}x{bert_cfg.hidden_size}"
+          f"{' (MiniLM weights)' if args.encoder == 'minilm' else ''}, mean pooling, {GANBERT_CLASSES} classes + fake, "
+          f"{labeled}/{args.batch} rows labeled; D-step (encoder + D) then G-step (G through D's head)")
 
 
 class OursGanBert(JaxWorker):
@@ -283,26 +344,24 @@ class OursGanBert(JaxWorker):
   def setup(self):
     import jax
     import jax.numpy as jnp
-    import numpy as np
+    from flax import nnx
     from jaxtextgan import sharding as shd
     from jaxtextgan import training
-    from jaxtextgan.models import bert
     from jaxtextgan.objectives import ganbert
     args = self.args
-    bert_cfg = bert.BertConfig(**{**BERT_SIZES[args.size], "hidden_dropout_prob": args.dropout,
-                                  "attention_probs_dropout_prob": args.dropout,
-                                  "max_position_embeddings": max(args.seq, BERT_SIZES[args.size].get(
-                                    "max_position_embeddings", 512)),
-                                  **({"vocab_size": args.vocab} if args.vocab else {})})
-    cfg = ganbert.GanBertConfig(num_classes=6)
+    bert_cfg = _bert_cfg(args)
+    cfg = ganbert.GanBertConfig(num_classes=GANBERT_CLASSES, dropout=args.dropout)
     mesh = self.mesh()
     opt = opt_cfg(args)
     self.state, shardings = training.init_sharded_state(ganbert.make_state_fn(bert_cfg, cfg, opt, opt),
                                                          jax.random.key(0), mesh)
-    ids, _ = _tokens(args, bert_cfg.vocab_size)
-    labels = np.random.default_rng(1).integers(-1, cfg.num_classes, (args.batch,)).astype(np.int32)
-    self.batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones_like(jnp.asarray(ids)),
-                  "labels": jnp.asarray(labels)}
+    if args.encoder == "minilm":
+      from jaxtextgan.models import hf_bert
+      from jaxtextgan.tasks import ganbert as ganbert_task
+      encoder, _, _ = hf_bert.load_bert(max_len=args.seq, dropout=args.dropout)
+      self.state = ganbert_task.with_encoder(self.state, nnx.state(encoder, nnx.Param))
+    batch = _ganbert_batch(args, bert_cfg.vocab_size)
+    self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
     self.rng = jax.random.key(1)
     d_step, g_step, _, _ = ganbert.make_steps(cfg, mesh)
     self.count_flops(d_step, self.state, self.batch, self.rng)
@@ -311,7 +370,8 @@ class OursGanBert(JaxWorker):
     self.d = self.compile(training.jit_step(d_step, mesh, shardings, batch_sh), self.state, self.batch, self.rng)
     self.g = self.compile(training.jit_step(g_step, mesh, shardings, batch_sh), self.state, self.batch, self.rng)
     self.info.update(tokens_per_step=args.batch * args.seq, flops_source=JAXPR_FLOPS,
-                     note=f"BERT {bert_cfg.num_hidden_layers}x{bert_cfg.hidden_size}, 6 classes; d_step + g_step")
+                     labeled_rows=int((batch["labels"] >= 0).sum()),
+                     note=_ganbert_note(args, bert_cfg, int((batch["labels"] >= 0).sum())))
 
   def step(self):
     self.state, _ = self.d(self.state, self.batch, self.rng)
@@ -361,10 +421,8 @@ def _hf_config(args, cfg):
                     embd_pdrop=args.dropout, attn_pdrop=args.dropout, layer_norm_epsilon=cfg.norm_eps)
 
 
-class TorchLM:
-  """transformers' GPT2LMHeadModel, eager PyTorch, torch.optim.AdamW with the same hyper-parameters; as
-  'torch_bf16:lm' the forward pass runs under bf16 autocast (fp32 parameters, optimizer and loss)."""
-  name = "torch:lm"
+class TorchWorker:
+  """Shared by the PyTorch peers: threads, the framework label, no compile step."""
 
   def __init__(self, args):
     import torch
@@ -373,6 +431,12 @@ class TorchLM:
     self.args = args
     self.info = {"framework": f"torch {torch.__version__}, transformers {transformers.__version__}",
                  "threads": torch.get_num_threads(), "compile_seconds": 0.0}
+
+
+class TorchLM(TorchWorker):
+  """transformers' GPT2LMHeadModel, eager PyTorch, torch.optim.AdamW with the same hyper-parameters; as
+  'torch_bf16:lm' the forward pass runs under bf16 autocast (fp32 parameters, optimizer and loss)."""
+  name = "torch:lm"
 
   def setup(self):
     import torch
@@ -398,6 +462,213 @@ class TorchLM:
     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
     self.opt.step()
     loss.item()
+
+
+def _torch_leaky_mlp(in_dim: int, hidden: int, out_dim: int, dropout: float, slope: float = 0.2):
+  """x -> Linear -> leaky-ReLU -> dropout -> Linear, returning (output, hidden): models/mlp.py's MLP."""
+  import torch
+
+  class MLP(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.hidden = torch.nn.Linear(in_dim, hidden)
+      self.out = torch.nn.Linear(hidden, out_dim)
+      self.drop = torch.nn.Dropout(dropout)
+      self.slope = slope
+
+    def forward(self, x):
+      h = self.drop(torch.nn.functional.leaky_relu(self.hidden(x), self.slope))
+      return self.out(h), h
+
+  return MLP()
+
+
+class TorchGanBert(TorchWorker):
+  """GAN-BERT in eager PyTorch after the public port (crux82/ganbert-pytorch): transformers' BertModel (MiniLM's
+  weights with --encoder=minilm), D = input dropout + MLP to k+1 logits, G = MLP from z ~ N(0, I_100).
+
+  The port's losses, D and G updated separately as objectives/ganbert.py does (the port back-propagates both losses
+  through one forward pass): the D-step runs G without gradients, the encoder on the real batch, D on real and
+  fake vectors, L_D = CE(labeled) - E log(1 - p_fake(real) + eps) - E log(p_fake(fake) + eps), clipped AdamW on
+  (encoder, D); the G-step puts fresh fakes through D's head as the D-step read it (a copy taken before its update),
+  L_G = -E log(1 - p_fake(G(z)) + eps) + mean((E f(real) - E f(G(z)))^2), clipped AdamW on G.
+  """
+  name = "torch:ganbert"
+
+  def setup(self):
+    import torch
+    import transformers
+    args = self.args
+    torch.manual_seed(0)
+    bert_cfg = _bert_cfg(args)
+    if args.encoder == "minilm":
+      from jaxtextgan.models import hf_bert
+      self.bert = transformers.BertModel.from_pretrained(
+        str(hf_bert.default_encoder_dir()), add_pooling_layer=False, hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.dropout, local_files_only=True)
+    else:
+      self.bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=bert_cfg.vocab_size, hidden_size=bert_cfg.hidden_size, num_hidden_layers=bert_cfg.num_hidden_layers,
+        num_attention_heads=bert_cfg.num_attention_heads, intermediate_size=bert_cfg.intermediate_size,
+        max_position_embeddings=bert_cfg.max_position_embeddings, hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.dropout), add_pooling_layer=False)
+    d, k = bert_cfg.hidden_size, GANBERT_CLASSES
+    self.k, self.latent, self.eps = k, 100, 1e-8
+    self.d_head = _torch_leaky_mlp(d, d, k + 1, args.dropout)
+    self.in_drop = torch.nn.Dropout(args.dropout)
+    self.gen = _torch_leaky_mlp(self.latent, d, d, args.dropout)
+    for m in (self.bert, self.d_head, self.gen):
+      m.train()
+    self.d_params = list(self.bert.parameters()) + list(self.d_head.parameters())
+    self.opt_d = torch_adamw(self.d_params, args)
+    self.opt_g = torch_adamw(list(self.gen.parameters()), args)
+    batch = _ganbert_batch(args, bert_cfg.vocab_size)
+    self.ids = torch.from_numpy(batch["input_ids"]).long()
+    self.mask = torch.from_numpy(batch["attention_mask"]).long()
+    self.labels = torch.from_numpy(batch["labels"]).long()
+    labeled = int((self.labels >= 0).sum())
+    self.info.update(tokens_per_step=args.batch * args.seq, labeled_rows=labeled,
+                     params=sum(p.numel() for p in self.d_params) + sum(p.numel() for p in self.gen.parameters()),
+                     attn_implementation=self.bert.config._attn_implementation,
+                     note=_ganbert_note(args, bert_cfg, labeled))
+
+  def discriminate(self, h, params=None):
+    import torch
+    h = self.in_drop(h)
+    if params is None:
+      return self.d_head(h)
+    return torch.func.functional_call(self.d_head, params, (h,))
+
+  def step(self):
+    import torch
+    import torch.nn.functional as F
+    batch, k, eps = self.ids.shape[0], self.k, self.eps
+    # D-step.
+    with torch.no_grad():
+      fake = self.gen(torch.randn(batch, self.latent))[0]
+    hidden = self.bert(input_ids=self.ids, attention_mask=self.mask).last_hidden_state
+    m = self.mask.unsqueeze(-1).float()
+    h = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+    real_logits, real_feat = self.discriminate(h)
+    fake_logits, _ = self.discriminate(fake)
+    labeled = (self.labels >= 0).float()
+    nll = -F.log_softmax(real_logits[:, :k], -1).gather(1, self.labels.clamp_min(0)[:, None])[:, 0]
+    sup = (nll * labeled).sum() / labeled.sum().clamp_min(1.0)
+    d_loss = (sup - torch.log(1 - F.softmax(real_logits, -1)[:, k] + eps).mean()
+              - torch.log(F.softmax(fake_logits, -1)[:, k] + eps).mean())
+    head = {n: p.detach().clone() for n, p in self.d_head.named_parameters()}
+    real_mean = real_feat.detach().mean(0)
+    self.opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.d_params, self.args.grad_clip)
+    self.opt_d.step()
+    # G-step, through D's head as the D-step read it.
+    fake = self.gen(torch.randn(batch, self.latent))[0]
+    logits, feat = self.discriminate(fake, head)
+    g_loss = -torch.log(1 - F.softmax(logits, -1)[:, k] + eps).mean() + (real_mean - feat.mean(0)).square().mean()
+    self.opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.gen.parameters(), self.args.grad_clip)
+    self.opt_g.step()
+    d_loss.item(), g_loss.item()
+
+
+class TorchGAN(TorchWorker):
+  """The Gumbel-Softmax text GAN in eager PyTorch: transformers' GPT2LMHeadModel as G, a CNN D, eq. (4)-(5).
+
+  G: z ~ N(0, I_32); position 0 gets E[bos] + W z, then each of T steps runs the model on one position with its
+  KV cache (`past_key_values`), draws y_t = one_hot(argmax) - soft.detach() + soft with soft = softmax((logits +
+  Gumbel) / tau) (straight-through: one-hot forward, soft backward) and feeds y_t E back as `inputs_embeds`. D: an
+  embedding (V x 64) applied as x E_D (ids looked up), Conv1d of widths 2, 3, 4 with 64 filters, ReLU, max over
+  time, dropout, a linear head. One step: one decode of G with its graph; D <- AdamW(grad of -log s(D(real)) -
+  log(1 - s(D(sg(fake))))); G <- AdamW(grad in G of -log s(D(fake))) through the updated D, D's parameters
+  frozen. Both clipped. The same work as objectives/gan.py's train_step with n_critic 1.
+  """
+  name = "torch:gan"
+
+  def setup(self):
+    import torch
+    from transformers import GPT2LMHeadModel
+    args = self.args
+    torch.manual_seed(0)
+    lm_cfg, gen_cfg, disc_cfg, _ = _gan_cfgs(args)
+    hf = _hf_config(args, lm_cfg)
+    hf.resid_pdrop = hf.embd_pdrop = hf.attn_pdrop = 0.0  # ours decodes without dropout
+    self.model = GPT2LMHeadModel(hf)
+    self.w = torch.nn.Linear(gen_cfg.latent_dim, lm_cfg.d_model, bias=False)
+    torch.nn.init.zeros_(self.w.weight)
+    self.vocab, self.length, self.latent, self.tau = lm_cfg.vocab_size, gen_cfg.length, gen_cfg.latent_dim, 1.0
+
+    class CNN(torch.nn.Module):
+      def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Parameter(torch.randn(disc_cfg.vocab_size, disc_cfg.d_model) * 0.02)
+        self.convs = torch.nn.ModuleList([torch.nn.Conv1d(disc_cfg.d_model, disc_cfg.filters, w)
+                                          for w in disc_cfg.widths])
+        self.drop = torch.nn.Dropout(disc_cfg.dropout)
+        self.head = torch.nn.Linear(disc_cfg.filters * len(disc_cfg.widths), 1)
+
+      def forward(self, x):
+        e = self.embed[x] if x.dtype == torch.long else x @ self.embed
+        e = e.transpose(1, 2)
+        pooled = torch.cat([torch.relu(conv(e)).amax(-1) for conv in self.convs], -1)
+        return self.head(self.drop(pooled))[:, 0]
+
+    self.disc = CNN()
+    self.model.train()
+    self.disc.train()
+    self.g_params = list(self.model.parameters()) + [self.w.weight]
+    self.opt_g = torch_adamw(self.g_params, args)
+    self.opt_d = torch_adamw(list(self.disc.parameters()), args)
+    real, _ = _tokens(args, lm_cfg.vocab_size, length=args.gan_len)
+    self.real = torch.from_numpy(real).long()
+    self.info.update(tokens_per_step=args.batch * args.gan_len,
+                     params=sum(p.numel() for p in self.g_params) + sum(p.numel() for p in self.disc.parameters()),
+                     attn_implementation=self.model.config._attn_implementation, note=_gan_note(args, lm_cfg))
+
+  def generate(self):
+    import torch
+    import torch.nn.functional as F
+    from transformers import DynamicCache
+    batch = self.real.shape[0]
+    wte = self.model.transformer.wte.weight
+    x = (wte[0] + self.w(torch.randn(batch, self.latent)))[:, None]
+    cache, ys, logits_all = DynamicCache(), [], []
+    for t in range(self.length):
+      out = self.model(inputs_embeds=x, position_ids=torch.full((batch, 1), t, dtype=torch.long),
+                       past_key_values=cache, use_cache=True)
+      cache, logits = out.past_key_values, out.logits[:, 0]
+      gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp_min(1e-20)))
+      soft = F.softmax((logits + gumbel) / self.tau, -1)
+      y = F.one_hot(soft.argmax(-1), self.vocab).to(soft.dtype) - soft.detach() + soft
+      ys.append(y)
+      logits_all.append(logits)
+      if t + 1 < self.length:
+        x = (y @ wte)[:, None]
+    return torch.stack(ys, 1), torch.stack(logits_all, 1)
+
+  def step(self):
+    import torch
+    import torch.nn.functional as F
+    fake, logits = self.generate()
+    real_score, fake_score = self.disc(self.real), self.disc(fake.detach())
+    d_loss = (F.binary_cross_entropy_with_logits(real_score, torch.ones_like(real_score))
+              + F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score)))
+    self.opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.args.grad_clip)
+    self.opt_d.step()
+    self.disc.requires_grad_(False)
+    score = self.disc(fake)
+    g_loss = F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
+    self.opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    self.disc.requires_grad_(True)
+    torch.nn.utils.clip_grad_norm_(self.g_params, self.args.grad_clip)
+    self.opt_g.step()
+    with torch.no_grad():  # G's entropy, as ours logs it
+      entropy = -(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1).mean()
+    d_loss.item(), g_loss.item(), entropy.item()
 
 
 class FlaxLM(JaxWorker):
@@ -458,13 +729,17 @@ class MatmulPeak(JaxWorker):
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     self.ab = (a, b)
     self.fn = self.compile(jit_matmul(), a, b)
-    self.info.update(matmul_n=n, flops_per_step=2.0 * n ** 3, flops_source="2 N^3")
+    # The training runs' peak (jaxtextgan.mfu: best of 5 n=1024 matmuls in the process), for the MFU column.
+    from jaxtextgan import mfu
+    self.info.update(matmul_n=n, flops_per_step=2.0 * n ** 3, flops_source="2 N^3",
+                     mfu_peak_flops=mfu.measured_cpu_peak("bfloat16" if dtype == jnp.bfloat16 else "float32"))
 
   def step(self):
     self.sync(self.fn(*self.ab))
 
 
-WORKERS = {cls.name: cls for cls in (OursLM, OursGAN, OursGanBert, OursDfine, TorchLM, FlaxLM, MatmulPeak)}
+WORKERS = {cls.name: cls for cls in (OursLM, OursGAN, OursGanBert, OursDfine, TorchLM, TorchGAN, TorchGanBert, FlaxLM,
+                                      MatmulPeak)}
 WORKERS["torch_bf16:lm"] = TorchLM
 WORKERS["peak:matmul_bf16"] = MatmulPeak
 
@@ -604,7 +879,7 @@ def _peer_unavailable(peer: str) -> str | None:
 
 
 # The flags the driver passes on to its workers.
-FORWARDED = ("size", "batch", "seq", "variants", "gan_len", "warmup", "vocab", "dropout", "lr", "weight_decay",
+FORWARDED = ("size", "batch", "seq", "variants", "gan_len", "gan_model", "encoder", "warmup", "vocab", "dropout", "lr", "weight_decay",
              "grad_clip", "peak_n", "threads")
 
 
@@ -621,17 +896,17 @@ def run(args) -> dict:
   results = report["results"]
   for peer in args.peer_list:
     reason = _peer_unavailable(peer)
-    if reason:
-      results[f"{peer}:lm"] = {"status": "unavailable", "reason": reason}
+    for o in args.objective_list:
+      if reason and o in PEER_OBJECTIVES[peer]:
+        results[f"{peer}:{o}"] = {"status": "unavailable", "reason": reason}
+  # One phase per objective: ours (and its LM variants) with the peers that implement it, alternating; objectives
+  # are not compared with each other, and several GPT-2-sized training states at once would not fit in a small
+  # machine's memory.
   phases = []
-  if "lm" in args.objective_list or args.peer_list:
-    lm_phase = (["jaxtextgan:lm"] + [f"jaxtextgan:lm@{x}" for x in args.variant_list[1:]]
-                if "lm" in args.objective_list else [])
-    lm_phase += [f"{p}:lm" for p in args.peer_list if f"{p}:lm" not in results]
-    phases.append(lm_phase)
-  # Each other objective runs in its own phase (with the peak worker): they are not compared with each other, and
-  # three GPT-2-sized training states at once would not fit in a small machine's memory.
-  phases += [[f"jaxtextgan:{o}"] for o in args.objective_list if o != "lm"]
+  for o in args.objective_list:
+    phase = [f"jaxtextgan:{o}"] + ([f"jaxtextgan:lm@{x}" for x in args.variant_list[1:]] if o == "lm" else [])
+    phase += [f"{p}:{o}" for p in args.peer_list if o in PEER_OBJECTIVES[p] and f"{p}:{o}" not in results]
+    phases.append(phase)
   if args.sequential:
     phases = [[name] for phase in phases for name in phase]
   # bf16 workers are measured against the bf16 matmul peak, a second peak worker in the same rounds.
@@ -739,17 +1014,36 @@ def _finish(report: dict, samples: dict, cpu: dict):
            "bf16": results.get("peak:matmul_bf16", {}).get("gflops_per_second")}
   report["peak_gflops"] = peaks["fp32"]
   report["peak_gflops_bf16"] = peaks["bf16"]
+  # MFU as the training runs compute it (jaxtextgan.mfu): the step's jaxpr matmul FLOPs over the step time and the
+  # measured CPU peak. A peer does the same model's work, so it is credited with our jaxpr's FLOPs.
+  mfu_peaks = {"fp32": results.get("peak:matmul", {}).get("mfu_peak_flops"),
+               "bf16": results.get("peak:matmul_bf16", {}).get("mfu_peak_flops")}
+  report["mfu_peak_gflops"] = {k: v / 1e9 if v else None for k, v in mfu_peaks.items()}
+  for name, res in results.items():
+    if name in PEAKS or "step_seconds_median" not in res:
+      continue
+    objective = name.partition(":")[2].partition("@")[0]
+    flops = res.get("jaxpr_matmul_flops_per_step") or results.get(f"jaxtextgan:{objective}", {}).get(
+      "jaxpr_matmul_flops_per_step")
+    peak = mfu_peaks[precision(name, first)]
+    if flops and peak:
+      res["mfu_flops_per_step"] = flops
+      res["mfu"] = flops / res["step_seconds_median"] / peak
+    if "flops_per_step" not in res and flops:  # a peer of a jaxpr-counted objective
+      res.update(flops_per_step=flops, flops_source="our step's jaxpr (the same model)",
+                 gflops_per_second=flops / res["step_seconds_median"] / 1e9)
   for name, res in results.items():
     peak_gflops = peaks[precision(name, first)]
     if name not in PEAKS and peak_gflops and "gflops_per_second" in res:
       res["fraction_of_peak"] = res["gflops_per_second"] / peak_gflops
   ratios = {}
   for name, ours in results.items():
-    if not name.startswith("jaxtextgan:lm"):
+    if not name.startswith("jaxtextgan:"):
       continue
+    objective = name.partition(":")[2].partition("@")[0]
     for peer in PEERS:
-      other = results.get(f"{peer}:lm", {})
-      if precision(name, first) != precision(f"{peer}:lm"):
+      other = results.get(f"{peer}:{objective}", {})
+      if precision(name, first) != precision(f"{peer}:{objective}"):
         continue
       if ours.get("tokens_per_second") and other.get("tokens_per_second"):
         ratios[f"{name.partition(':')[2]}_vs_{peer}"] = {
@@ -763,7 +1057,7 @@ def _finish(report: dict, samples: dict, cpu: dict):
 
 def format_table(report: dict) -> str:
   head = (f"{'worker':20s} {'step s':>8s} {'tokens/s':>9s} {'compile s':>9s} {'1st step':>8s} {'RSS MB':>8s} "
-          f"{'GFLOP/s':>8s} {'% peak':>7s}  FLOPs")
+          f"{'GFLOP/s':>8s} {'% peak':>7s} {'MFU %':>6s}  FLOPs")
   lines = [head, "-" * len(head)]
 
   def num(x, fmt):
@@ -777,8 +1071,13 @@ def format_table(report: dict) -> str:
     lines.append(f"{name:20s} {num(r.get('step_seconds_median'), '8.3f')} {num(r.get('tokens_per_second'), '9.1f')} "
                  f"{num(r.get('compile_seconds'), '9.1f')} {num(r.get('first_step_seconds'), '8.2f')} "
                  f"{num(r.get('peak_rss_mb'), '8.0f')} {num(r.get('gflops_per_second'), '8.1f')} "
-                 f"{num(100 * frac if frac else None, '6.1f'):>6s}%  "
+                 f"{num(100 * frac if frac else None, '6.1f'):>6s}% "
+                 f"{num(100 * r['mfu'] if r.get('mfu') else None, '6.1f'):>6s}  "
                  f"{num(r.get('flops_per_step'), '.3g')} ({r.get('flops_source', '')})")
+  mfu_peak = report.get("mfu_peak_gflops", {}).get("fp32")
+  if mfu_peak:
+    lines.append(f"MFU: jaxpr matmul FLOPs / step time / {mfu_peak:.1f} GFLOP/s (jaxtextgan.mfu's measured fp32 peak"
+                 f", as the training runs log it); % peak: of the peak worker's matmul")
   for key, ratio in report.get("ratios", {}).items():
     comp = ratio["compile_seconds"]
     lines.append(f"{key}: tokens/s x{ratio['tokens_per_second']:.2f}, peak RSS x{ratio['peak_rss']:.2f}"

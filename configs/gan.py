@@ -70,6 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   # After the before/after table: a short quality-diversity frontier (jaxtextgan/frontier.py), the MLE G against the
   # GAN's G, each sampled at every temperature T (softmax(logits / T)): BLEU-5 vs Self-BLEU-5 on text (NLL-oracle vs
   # G's NLL-test at T on the trigram oracle), and G's own NLL of test sentences at T over `num_z` latents.
-  # temperatures=() skips it; max_test caps the test sentences scored (0: all).
-  c.frontier = ml_collections.ConfigDict(dict(temperatures=(0.8, 1.0, 1.2), num_samples=300, num_z=4, max_test=0))
+  # temperatures=() skips it; max_test caps the test sentences scored (0: all). num_samples is sample.num, so the GAN's
+  # point at T = 1 is the "after GAN" sample set (same key, count and BLEU references).
+  c.frontier = ml_collections.ConfigDict(dict(temperatures=(0.8, 1.0, 1.2), num_samples=0, num_z=4, max_test=0))
+  c.frontier.num_samples = c.sample.get_ref("num")
   return c

@@ -3,7 +3,8 @@
 One model (TREC fine, the release's 109-labeled split), then label texts with it:
   python -m jaxtextgan.main --config=configs/ganbert.py --workdir=workdirs/ganbert
   python -m jaxtextgan.predict --workdir=workdirs/ganbert --input=questions.txt
-Experiments (GAN-BERT vs. the supervised baseline, >= 3 seeds; write results/ganbert_<dataset>.md and .png):
+Experiments (GAN-BERT vs. fine-tuning at equal steps, its supervised-only ablation, a frozen-encoder logistic
+regression and SetFit, >= 3 seeds; write results/ganbert_<dataset>.md and .png; SetFit needs its own venv, README):
   python -m jaxtextgan.main --config=configs/ganbert.py:trec_experiment --workdir=workdirs/ganbert_trec
   python -m jaxtextgan.main --config=configs/ganbert.py:bbc_experiment --workdir=workdirs/ganbert_bbc
 Other data: --config.data.source=files --config.data.train_file=train.csv --config.data.test_file=test.csv
@@ -23,7 +24,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.objective = "ganbert"
   c.mode = "train"  # 'train' one model, or 'experiment' (fractions x seeds x methods)
-  c.method = "ganbert"  # or 'baseline' (same encoder + head, labeled rows only)
+  c.method = "ganbert"  # or 'finetune', 'ganbert-sup-only', 'baseline' (tasks/ganbert.py's docstring)
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)
 
@@ -42,7 +43,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # MiniLM was trained as a sentence encoder with mean pooling; its pooler is a leftover. 'pooler' = release.
     pooling="mean",
     latent_dim=100, d_hidden=0, g_hidden=0,  # 0: the encoder width, as in the release
-    dropout=0.1, epsilon=1e-8, feature_matching="mean", noise="normal"))
+    dropout=0.1, epsilon=1e-8, feature_matching="mean", noise="normal",
+    freeze_layers=0))  # N > 0: embeddings and the bottom N encoder layers frozen (a CPU budget option)
   c.optimizer = ml_collections.ConfigDict(dict(
     lr=5e-5, g_lr=0.0,  # g_lr 0: same as lr (release)
     warmup_proportion=0.1, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, grad_clip_norm=1.0))
@@ -53,8 +55,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
                                            fast_compile=False))  # True: XLA -O0, for tiny models
   c.eval = ml_collections.ConfigDict(dict(batch_size=64))
   c.experiment = ml_collections.ConfigDict(dict(
-    fractions=(), seeds=(0, 1, 2), methods=("ganbert", "baseline"), report="", figure="", title="",
-    compile_cache=False, progress=True, command=""))
+    fractions=(), seeds=(0, 1, 2), methods=("ganbert", "finetune", "ganbert-sup-only", "frozen-lr", "setfit"),
+    report="", figure="", title="", compile_cache=False, progress=True, command="",
+    lr_cs=(0.01, 0.1, 1.0, 10.0, 100.0),  # frozen-lr: C chosen among these by k-fold CV on the labeled rows
+    setfit_python=os.environ.get("SETFIT_PYTHON", ""),  # SetFit's own venv's python (README)
+    setfit_steps=300, setfit_batch_size=16))  # fixed in advance (issue 14's SetFit run)
 
   if preset == "trec_experiment":
     c.mode = "experiment"

@@ -9,24 +9,19 @@ leaves it open.
 
 from __future__ import annotations
 
-import pathlib
+import importlib
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxtextgan import sharding as shd
-from jaxtextgan import training
 from jaxtextgan.errors import InputError
 
 
 def _params_count(abstract_params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_params)))
-
-
-from jaxtextgan.models.gpt2 import train_flops_per_token as lm_flops_per_token  # noqa: E402  (benchmarks' name)
 
 
 def abstract_key() -> jax.ShapeDtypeStruct:
@@ -96,27 +91,25 @@ def format_report(report: dict[str, Any]) -> str:
 DRY_RUN_OBJECTIVES = ("lm", "gan", "ganbert", "dfine")
 
 
-def dry_run(config, topology: str | None = None, max_batch: bool = False) -> Any:
+def dry_run(config) -> Any:
   """`--dry_run`: compiles every Stage that `config.objective`'s run would train, from the task's own plan
-  (`tasks.<objective>.dry_run_stages(config, mesh)`), and prints one report per step program. With `topology`
-  (e.g. 'v5e:4x4') it compiles them for that TPU slice with XLA:TPU instead (`tpu.dry_run`)."""
-  objective = config.get("objective")
-  if objective not in DRY_RUN_OBJECTIVES:
-    raise InputError(f"--dry_run is not available for objective {objective!r}: use one of "
-                     f"{', '.join(DRY_RUN_OBJECTIVES)}")
-  if topology or max_batch:
-    if not topology:
-      raise InputError("--max_batch needs --topology: the TPU slice whose HBM the batch must fit, e.g. v5e:2x4")
-    from jaxtextgan import tpu
-    return tpu.dry_run(config, topology, max_batch=max_batch)
-  import importlib
-  task = importlib.import_module(f"jaxtextgan.tasks.{objective}")
+  (`tasks.<objective>.dry_run_stages(config, mesh)`), and prints one report per step program. For a TPU slice,
+  `tpu.dry_run` compiles the same Stages with XLA:TPU."""
+  task = importlib.import_module(f"jaxtextgan.tasks.{check_objective(config)}")
   mesh = shd.make_mesh(tuple(config.mesh_shape))
   reports = {}
   for st in task.dry_run_stages(config, mesh):
     reports.update(stage_reports(st, mesh))
-  _print_reports(objective, reports)
+  _print_reports(config.objective, reports)
   return reports
+
+
+def check_objective(config) -> str:
+  objective = config.get("objective")
+  if objective not in DRY_RUN_OBJECTIVES:
+    raise InputError(f"--dry_run is not available for objective {objective!r}: use one of "
+                     f"{', '.join(DRY_RUN_OBJECTIVES)}")
+  return objective
 
 
 def stage_reports(st, mesh) -> dict[str, dict]:
@@ -146,22 +139,4 @@ def _print_reports(objective: str, reports: dict[str, dict]) -> None:
     print(f"[{objective} {name}]\n{format_report(report)}\n", flush=True)
   print("\n".join(summary_line(f"{objective} {name}", r) for name, r in reports.items()), flush=True)
 
-
-def _with_shardings(abstract, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
-def _batch(mesh, shapes: dict[str, tuple]) -> tuple[dict, dict]:
-  """(abstract int32 batch, its shardings): every array batch-major over ('data','fsdp')."""
-  shardings = {k: shd.batch_sharding(mesh, len(v)) for k, v in shapes.items()}
-  return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=shardings[k]) for k, v in shapes.items()}, shardings
-
-
-def _text_tokenizer(config):
-  """The tokenizer a run would build from the training text (its vocabulary is the model's when the config says 0)."""
-  from jaxtextgan import tokenizers as tok
-  from jaxtextgan.tasks import common
-  splits = common.text_splits(config.data)
-  return tok.build_tokenizer(config.tokenizer.spec, corpus_text=splits["train"],
-                             vocab_size=config.tokenizer.get("vocab_size") or None)
 

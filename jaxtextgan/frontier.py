@@ -178,9 +178,11 @@ def compare(rows: Sequence[dict], a: str, b: str, axes: Axes, points: int = 101)
   lo, hi = max(xa.min(), xb.min()), min(xa.max(), xb.max())
   out = {"a": a, "b": b, "a_dominated": pareto_dominated(rows, a, b, axes),
          "b_dominated": pareto_dominated(rows, b, a, axes), "points": (len(xa), len(xb))}
+  pareto = f"Pareto-dominated points: {a} {out['a_dominated']}/{len(xa)}, {b} {out['b_dominated']}/{len(xb)}"
   if not hi > lo:
     out.update(overlap=None, a_ahead=0.0, b_ahead=0.0, max_gap=0.0, intervals=[],
-               verdict=f"{a} and {b} cover disjoint diversity ranges ({axes.x}): no matched comparison")
+               verdict=(f"{a} ({axes.x} {xa.min():.3f}..{xa.max():.3f}) and {b} ({xb.min():.3f}..{xb.max():.3f}) "
+                        f"cover disjoint diversity ranges: no comparison at matched diversity; {pareto}"))
     return out
   grid = np.linspace(lo, hi, points)
   gain = np.interp(grid, xa, ya) - np.interp(grid, xb, yb)  # y_a - y_b
@@ -199,8 +201,7 @@ def compare(rows: Sequence[dict], a: str, b: str, axes: Axes, points: int = 101)
   out.update(overlap=(float(lo), float(hi)), a_ahead=a_ahead, b_ahead=b_ahead,
              max_gap=float(gain[np.argmax(np.abs(gain))]), intervals=intervals,
              verdict=(f"at matched diversity ({axes.x} in [{lo:.3f}, {hi:.3f}]) {leader} is ahead on "
-                      f"{100 * max(a_ahead, b_ahead):.0f}% of the range ({runs}); Pareto-dominated points: "
-                      f"{a} {out['a_dominated']}/{len(xa)}, {b} {out['b_dominated']}/{len(xb)}"))
+                      f"{100 * max(a_ahead, b_ahead):.0f}% of the range ({runs}); {pareto}"))
   return out
 
 

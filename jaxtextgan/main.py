@@ -18,6 +18,7 @@ from jaxtextgan.errors import InputError, Preempted
 TASKS = {
   "lm": "jaxtextgan.tasks.lm",
   "gan": "jaxtextgan.tasks.gan",
+  "gan_frontier": "jaxtextgan.tasks.gan_frontier",
   "augment": "jaxtextgan.tasks.augment",
   "table1": "jaxtextgan.tasks.table1",
   "ganbert": "jaxtextgan.tasks.ganbert",
@@ -71,9 +72,15 @@ def main(argv) -> None:
   _init_distributed()
   if (_TOPOLOGY.value or _MAX_BATCH.value) and not _DRY_RUN.value:
     raise InputError("--topology and --max_batch only apply to --dry_run: add --dry_run")
+  if _MAX_BATCH.value and not _TOPOLOGY.value:
+    raise InputError("--max_batch needs --topology: the TPU slice whose HBM the batch must fit, e.g. v5e:2x4")
+  if _DRY_RUN.value and _TOPOLOGY.value:
+    from jaxtextgan import tpu
+    tpu.dry_run(config, _TOPOLOGY.value, max_batch=_MAX_BATCH.value)
+    return
   if _DRY_RUN.value:
     from jaxtextgan import dryrun
-    dryrun.dry_run(config, topology=_TOPOLOGY.value, max_batch=_MAX_BATCH.value)
+    dryrun.dry_run(config)
     return
   task = importlib.import_module(TASKS[objective])
   workdir = _WORKDIR.value or f"workdirs/{objective}"

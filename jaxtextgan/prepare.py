@@ -35,7 +35,7 @@ MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 RECORD_OPTIONS = "group_size:1,uncompressed"  # one block per chunk: cheap random access for a global shuffle
 _TEXT_CHUNK = 1 << 20  # bytes of text tokenized at a time
-_TFDS_SPLITS = {"train": ("train",), "valid": ("validation", "valid", "dev"), "test": ("test",)}
+_TOKENIZERS: dict = {}  # a worker's tokenizer, loaded once per output directory
 
 
 # --- work units -------------------------------------------------------------------------------------------------
@@ -138,12 +138,16 @@ def _tfds_pieces(unit: dict):
 def write_shard(unit: dict, out: str, block_len: int) -> dict:
   """Streams one unit into its shard, then writes the shard's `.done` marker; returns the marker's counts."""
   from array_record.python import array_record_module as arm  # pylint: disable=import-outside-toplevel
-  tokenizer = tok.load_tokenizer(_local_tokenizer(out))
+  if out not in _TOKENIZERS:
+    _TOKENIZERS[out] = tok.load_tokenizer(_local_tokenizer(out))
+  tokenizer = _TOKENIZERS[out]
   eos = tokenizer.eos_id
   final = epath.Path(out) / unit["shard"]
   final.parent.mkdir(parents=True, exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(prefix="jtg-shard-")
-  tmp = os.path.join(tmp_dir, "shard.array_record")
+  local = _is_local(final)
+  # Written beside the shard (then renamed) on a local disk; in a local temporary file (then copied) for a bucket.
+  tmp_dir = os.fspath(final.parent) if local else tempfile.mkdtemp(prefix="jtg-shard-")
+  tmp = os.path.join(tmp_dir, final.name + f".tmp{os.getpid()}")
   writer = arm.ArrayRecordWriter(tmp, RECORD_OPTIONS)
   carry = np.zeros(0, np.int32)
   tokens = blocks = 0
@@ -174,14 +178,16 @@ def write_shard(unit: dict, out: str, block_len: int) -> dict:
     writer.close()
     if unit["kind"] == "text" and unit["start"] == 0 and unit["end"] == unit["size"] and not any_text:
       raise InputError(f"text file {unit['source']} is empty (only whitespace): give files that contain text")
-    if final.exists():
-      final.unlink()
-    if isinstance(final, epath.gpath.PosixGPath):
-      shutil.move(tmp, os.fspath(final))
+    if local:
+      os.replace(tmp, os.fspath(final))
     else:
-      final.write_bytes(epath.Path(tmp).read_bytes())
+      epath.Path(tmp).copy(final, overwrite=True)
   finally:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    if local:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    else:
+      shutil.rmtree(tmp_dir, ignore_errors=True)
   done = dict(shard=unit["shard"], source=unit["source"], start=unit["start"], end=unit["end"], tokens=int(tokens),
               blocks=int(blocks), dropped=int(carry.size))
   _marker(out, unit).write_text(json.dumps(done) + "\n")
@@ -192,10 +198,15 @@ def _marker(out: str, unit: dict) -> epath.Path:
   return epath.Path(out) / (unit["shard"] + ".done")
 
 
+def _is_local(path: epath.Path) -> bool:
+  """Whether `path` is on a local disk (else a bucket: write a local file, then copy)."""
+  return isinstance(path, epath.gpath.PosixGPath)
+
+
 def _local_tokenizer(out: str) -> str:
   """A local directory holding the output's tokenizer (copied from a bucket when `out` is remote)."""
   src = epath.Path(out) / TOKENIZER_DIR
-  if isinstance(src, epath.gpath.PosixGPath):
+  if _is_local(src):
     return os.fspath(src)
   return copy_tokenizer(src, tempfile.mkdtemp(prefix="jtg-tok-"))
 
@@ -232,7 +243,7 @@ def _tokenizer(out: epath.Path, spec: str, vocab_size: int | None, units: list[d
         break
     sample = "".join(parts) if units[0]["kind"] == "text" else parts
   tokenizer = tok.build_tokenizer(spec, corpus_text=sample, vocab_size=vocab_size)
-  if isinstance(saved, epath.gpath.PosixGPath):
+  if _is_local(saved):
     tokenizer.save(os.fspath(saved))
   else:
     local = tempfile.mkdtemp(prefix="jtg-tok-")
@@ -283,7 +294,7 @@ def prepare(out: str, tokenizer_spec: str, seq_len: int, *, train: str = "", val
       todo.append(u)
   if done:
     log(f"{out}: {len(done)} of {len(units)} shards already prepared; {len(todo)} to go")
-  if workers > 1 and len(todo) > 1:
+  if workers > 1 and todo:
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
       futures = [pool.submit(write_shard, u, out, block_len) for u in todo]

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import jax
 
+from jaxtextgan import mfu
 from jaxtextgan.errors import InputError
 
 GiB = 1024 ** 3
@@ -45,14 +46,18 @@ class Chip:
   chip_config: str = "default"  # libtpu's chip config: "megacore" makes a v4 chip's two TensorCores one device
 
 
-# Cloud TPU datasheets: cloud.google.com/tpu/docs/v4 (275 TFLOP/s, 32 GiB, 1200 GB/s), /v5e (197 TFLOP/s, 16 GB,
-# 819 GB/s), /v5p (459 TFLOP/s, 95 GB, 2765 GB/s), /v6e (918 TFLOP/s, 32 GB, 1638 GB/s). HBM is taken as GiB, as
-# XLA:TPU counts it (its out-of-memory errors quote 15.75G of a v5e chip's 16G as usable).
+def _chip(name: str, kind: str, chip_config: str = "default") -> Chip:
+  """A row of `mfu.ACCELERATORS` (Cloud TPU datasheets: cloud.google.com/tpu/docs/v4, v5e, v5p, v6e). HBM is in
+  GiB, as XLA:TPU counts it (its out-of-memory errors quote 15.75G of a v5e chip's 16G as usable)."""
+  row = mfu.ACCELERATORS[kind]
+  return Chip(name, int(row["hbm_bytes"]), row["bfloat16"], row["hbm_bandwidth"], chip_config)
+
+
 CHIPS: dict[str, Chip] = {
-  "v4": Chip("v4", 32 * GiB, 275e12, 1200e9, chip_config="megacore"),
-  "v5e": Chip("v5e", 16 * GiB, 197e12, 819e9),
-  "v5p": Chip("v5p", 95 * GiB, 459e12, 2765e9),
-  "v6e": Chip("v6e", 32 * GiB, 918e12, 1638e9),
+  "v4": _chip("v4", "TPU v4", chip_config="megacore"),
+  "v5e": _chip("v5e", "TPU v5 lite"),
+  "v5p": _chip("v5p", "TPU v5p"),
+  "v6e": _chip("v6e", "TPU v6 lite"),
 }
 DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p", "TPU v5p": "v5p",
                 "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
@@ -218,7 +223,8 @@ def compile_stage(st, mesh, chip: Chip) -> dict[str, dict]:
 def compile_stages(config, mesh, chip: Chip) -> dict[str, dict]:
   """{name: report} of every step program `config` trains (`tasks.<objective>.dry_run_stages`), for TPU."""
   import importlib
-  task = importlib.import_module(f"jaxtextgan.tasks.{config.objective}")
+  from jaxtextgan import dryrun
+  task = importlib.import_module(f"jaxtextgan.tasks.{dryrun.check_objective(config)}")
   reports = {}
   for st in task.dry_run_stages(config, mesh):
     reports.update(compile_stage(st, mesh, chip))
@@ -294,7 +300,7 @@ def dry_run(config, topology: str, max_batch: bool = False) -> dict[str, dict]:
     print(f"[{config.objective} {name} on {topology}]\n{body}{format_chip(report)}\n", flush=True)
   if max_batch:
     first = next(iter(config[f.split(".")[0]][f.split(".")[1]] for f in BATCH_FIELDS.get(config.objective, ())))
-    best, tried = largest_batch(config, devices, chip, known={first: reports})
+    best, tried = largest_batch(config, devices, chip, known={first: dict(reports)})
     reports["max_batch"] = {"per_chip": best, "tried": tried}
     if not best:
       print("largest batch that fits: none (not even 1 per chip)", flush=True)

@@ -84,6 +84,8 @@ def test_bad_flags_are_rejected():
   with pytest.raises(SystemExit):
     bench.parse_args(["--objectives=rl"])
   with pytest.raises(SystemExit):
+    bench.parse_args(["--gan_model=gpt3"])
+  with pytest.raises(SystemExit):
     bench.parse_args(["--variants=unrolled,pipelined"])
   assert bench.precision("jaxtextgan:lm", "bf16") == bench.precision("torch_bf16:lm") == "bf16"
   assert bench.precision("jaxtextgan:lm@bf16") == "bf16" and bench.precision("jaxtextgan:lm@scan", "bf16") == "fp32"
@@ -91,3 +93,30 @@ def test_bad_flags_are_rejected():
   args = bench.parse_args(["--variants=scan,unrolled"])
   assert args.variant_list == ["scan", "unrolled"] and args.variant == "scan"
   assert bench.parse_args(["--variants=scan", "--worker=jaxtextgan:lm@unrolled"]).variant == "unrolled"
+
+
+@pytest.mark.skipif(not _installed("torch", "transformers"), reason="the PyTorch peers need torch and transformers")
+def test_tiny_gan_and_ganbert_peers(tmp_path):
+  """The text-GAN and GAN-BERT steps against their PyTorch peers, alternating, at a tiny size (not timed)."""
+  out = tmp_path / "bench.json"
+  cmd = [sys.executable, "-m", "benchmarks.bench", "--size=tiny", "--vocab=64", "--batch=4", "--seq=8",
+         "--gan_len=4", "--gan_model=size", "--steps=1", "--warmup=1", "--peak_n=128", "--threads=1", "--peers=torch",
+         "--objectives=gan,ganbert", "--parallel_setup", f"--json={out}"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  results = report["results"]
+  assert set(results) == {"peak:matmul", "jaxtextgan:gan", "torch:gan", "jaxtextgan:ganbert", "torch:ganbert"}
+  for name, r in results.items():
+    assert r["status"] == "ok", (name, r)
+    assert r["timed_steps"] == 1 and r["step_seconds_median"] > 0
+    if name != "peak:matmul":
+      assert r["tokens_per_second"] > 0 and 0 < r["mfu"] < 1, (name, r)
+  # Both sides of a pair do the same work: the same tokens per step and (credited) the same FLOPs.
+  for objective, tokens in (("gan", 4 * 4), ("ganbert", 4 * 8)):
+    ours, peer = results[f"jaxtextgan:{objective}"], results[f"torch:{objective}"]
+    assert ours["tokens_per_step"] == peer["tokens_per_step"] == tokens
+    assert peer["flops_per_step"] == ours["jaxpr_matmul_flops_per_step"] > 0
+  assert results["jaxtextgan:ganbert"]["labeled_rows"] == results["torch:ganbert"]["labeled_rows"] > 0
+  assert set(report["ratios"]) == {"gan_vs_torch", "ganbert_vs_torch"}
+  assert "MFU" in proc.stdout and report["mfu_peak_gflops"]["fp32"] > 0

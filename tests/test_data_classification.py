@@ -312,3 +312,51 @@ def test_prediction_batches_cover_every_row_once_by_length():
   assert [b["input_ids"].shape for b in batches] == [(2, 2), (2, 6), (2, 8)]  # cut to the longest row of each
   ids = np.concatenate([b["input_ids"][:, 0] for b in batches])[:5]
   np.testing.assert_array_equal(ids, enc.input_ids[order, 0])
+
+
+# ------------------------------------------------------------- any CSV/JSONL with >= 2 classes (issue 14)
+
+
+def test_binary_labels_from_a_csv(tmp_path):
+  """Two classes (0/1 as text), unlabeled rows by empty label: k = 2, and GAN-BERT's D has k+1 = 3 outputs."""
+  from jaxtextgan.objectives import ganbert as gb
+  rows = [("good film", "1"), ("bad film", "0"), ("great cast", "1"), ("dull plot", "0"), ("saw it twice", "")]
+  (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8")
+  (tmp_path / "test.csv").write_text("text,label\nawful,0\nlovely,1\n", encoding="utf-8")
+  data = cls.load_files(tmp_path / "train.csv", tmp_path / "test.csv")
+  assert data.label_names == ("0", "1") and data.num_classes == 2
+  assert data.labeled.labels.tolist() == [1, 0, 1, 0] and len(data.unlabeled) == 1
+  assert gb.GanBertConfig(num_classes=2).num_outputs == 3 and gb.GanBertConfig(2, method="baseline").num_outputs == 2
+
+
+def test_imbalanced_classes_keep_every_minority_row(tmp_path):
+  """18 rows of one class, 2 of the other: every minority row is replicated with the rest, every batch is full,
+  and an epoch of batches holds each (replicated) row once."""
+  rows = [(f"common {i}", "a") for i in range(18)] + [("rare one", "b"), ("rare two", "b")]
+  rows += [(f"unlabeled {i}", "") for i in range(60)]
+  (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8")
+  (tmp_path / "test.csv").write_text("text,label\nrare three,b\ncommon x,a\n", encoding="utf-8")
+  data = cls.load_files(tmp_path / "train.csv", tmp_path / "test.csv")
+  assert data.label_counts() == {"a": 18, "b": 2}
+  train = cls.training_examples(data, "ganbert")
+  copies = cls.gan_bert_replication(data.labeled_fraction)  # 20 of 80 labeled: int(log2(4)) = 2
+  assert copies == 2 and (train.labels == 1).sum() == 2 * copies
+  ids = np.arange(len(train))[:, None].astype(np.int32)
+  enc = cls.Encoded(ids, np.ones_like(ids), train.labels.astype(np.int32))
+  per_epoch = -(-len(train) // 16)
+  seen = np.concatenate([cls.batch_at(enc, s, 16, 0, 0)["input_ids"][:, 0] for s in range(per_epoch)])
+  assert len(seen) == per_epoch * 16 and set(seen.tolist()) == set(range(len(train)))
+
+
+def test_long_texts_are_cut_to_max_len():
+  """A text far longer than max_len keeps [CLS], its first max_len - 2 word pieces and [SEP]; a short one is
+  padded; no row is longer than max_len."""
+  from jaxtextgan.models import hf_bert
+  tok = hf_bert.WordPieceTokenizer(hf_bert.default_encoder_dir() / "vocab.txt")
+  long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 60)
+  examples = cls.Examples((long_text, "short one"), np.array([0, 1]))
+  enc = cls.encode_examples(examples, tok, 16)
+  assert enc.input_ids.shape == (2, 16) and enc.attention_mask[0].all()
+  assert enc.input_ids[0, 0] == tok.cls_id and enc.input_ids[0, -1] == tok.sep_id
+  assert tok.decode(enc.input_ids[0]) == " ".join(tok.tokenize(long_text)[:14]).replace(" ##", "")
+  assert enc.attention_mask[1].sum() == 4 and (enc.input_ids[1, 4:] == tok.pad_id).all()

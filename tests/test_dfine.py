@@ -313,3 +313,29 @@ def test_train_layers_freezes_the_rest(spec, trained_layers, embeddings):
       assert moved.all() == embeddings and moved.any() == embeddings, names
   with pytest.raises(InputError, match="train_layers"):
     dfine.parse_train_layers("top:0")
+
+
+def test_over_seeds_and_seeds_report():
+  """mean ± sample std of every number over seeds; the paired disc − (r ≡ 1/2) perplexity difference per seed."""
+  from jaxtextgan.reports import dfine as report
+  from jaxtextgan.tasks import dfine_numbers as numbers
+  def rep(shift):
+    e = lambda ppl: {"loss": 5.0, "perplexity": ppl, "rkl": 0.01, "rkl_exact": 0.02, "window": 32, "stride": 16}
+    return {"table2": {"Initial model": {"valid": e(190 + shift), "test": e(175 + shift)},
+                       numbers.TABLE2_LABELS["disc"]: {"valid": e(186 + shift), "test": e(172 + 2 * shift)},
+                       numbers.TABLE2_LABELS["nodisc"]: {"valid": e(190 + shift), "test": e(175 + shift)}},
+            "table1": {"Initial model": {"ppl": 90.0 + shift, "frequent_ppl": 50.0, "rare_ppl": 900.0, "ratio": 18.0}},
+            "discriminators": {"stage2_disc": {"loss": 1.36 - 0.01 * shift, "start_loss": 1.375,
+                                               "train_layers": "all"}}}
+  reports = [rep(0), rep(1), rep(2)]
+  agg = numbers.over_seeds(reports)
+  assert agg["table1"]["Initial model"]["ppl"]["mean"] == 91.0
+  np.testing.assert_allclose(agg["table1"]["Initial model"]["ppl"]["std"], 1.0)
+  paired = agg["paired"][numbers.TABLE2_LABELS["disc"]]["test"]
+  assert paired["values"] == [-3.0, -2.0, -1.0] and paired["mean"] == -2.0
+  cfg = ml_collections.ConfigDict(dict(report=dict(title="t")))
+  md = report.seeds_report({"seeds": [0, 1, 2], "per_seed": dict(enumerate(reports)), "over_seeds": agg,
+                            "command": "c", "wall_seconds": 60.0, "jax_version": "j", "devices": "d"}, cfg)
+  assert "| Initial model | 91.00 ± 1.00 |" in md and "sliding window 32, stride 16" in md
+  assert "-2.00 ± 1.00 (per seed -3.00, -2.00, -1.00): NOT more than 2 std below" in md
+  assert "| stage2_disc | 1.3500 ± 0.0100 | 1.3750 ± 0.0000 | +0.0250" in md

@@ -86,6 +86,35 @@ def test_gan_on_the_trigram_oracle_lowers_nll_oracle(finished_run):
   assert warmup["step"] == 0 and warmup["d_real"] > warmup["d_fake"] + 0.1, warmup
 
 
+def test_the_run_ends_with_a_short_frontier_of_g_before_and_after_the_gan(finished_run):
+  """configs/gan.py's frontier: G before the GAN ("initial G": no MLE phase here) and after it, at 3 temperatures,
+  on the oracle's planes; the point of the GAN's G at T = 1 is the 'after GAN' sample set (same key and count)."""
+  workdir, results = finished_run
+  f = results["frontier"]
+  temps = tuple(tiny_gan_config().frontier.temperatures)
+  assert [(r["generator"], r["temperature"]) for r in f["rows"]] == [
+    (g, t) for g in ("initial G", "GAN G (minimax)") for t in temps]
+  assert (f["x"], f["y"]) == ("nll_test", "nll_oracle") and "Pareto-dominated points" in f["comparison"]["verdict"]
+  (after_at_1,) = [r for r in f["rows"] if r["generator"] == "GAN G (minimax)" and r["temperature"] == 1.0]
+  assert after_at_1["nll_oracle"] == pytest.approx(results["after"]["nll_oracle"])
+  (before_at_1,) = [r for r in f["rows"] if r["generator"] == "initial G" and r["temperature"] == 1.0]
+  assert before_at_1["nll_oracle"] == pytest.approx(results["before"]["nll_oracle"])
+  assert (workdir / "frontier.png").exists()
+  assert f["comparison"]["verdict"] in gan_task.summary(results)
+
+
+def test_wgan_gp_on_the_trigram_oracle_lowers_nll_oracle(tmp_path):
+  """WGAN-GP end to end: critic E D(fake) - E D(real) + 10 GP, G on -E D(fake), 120 steps from a random G.
+  A flipped G sign (G descending E D(fake)) sends G away from what the critic scores as real text."""
+  c = tiny_gan_config(loss="wgan-gp")
+  c.frontier.temperatures = ()
+  results = gan_task.run(c, tmp_path)
+  before, after = results["before"]["nll_oracle"], results["after"]["nll_oracle"]
+  assert after < before - 0.3, (before, after)
+  last = results["last_train_metrics"]
+  assert np.isfinite(last["gp"]) and last["critic_grad_norm"] > 0 and "frontier" in results
+
+
 def test_a_finished_run_prints_its_results_without_training(finished_run, capsys, monkeypatch):
   workdir, results = finished_run
   monkeypatch.setattr(loop, "run", lambda **kw: pytest.fail("a finished run must not train again"))
@@ -216,3 +245,37 @@ def test_table1_tiny_writes_the_table_with_all_rows(tmp_path):
   synthetic = (tmp_path / "run" / "augment24" / "synthetic_gan.txt").read_text().splitlines()
   assert len(synthetic) == aug["synthetic"] and all(w.startswith("w") or w in ("<eos>", "<unk>")
                                                     for line in synthetic for w in line.split())
+
+
+# --- augmentation: synthetic blocks ------------------------------------------------------------------------------
+
+
+class _PieceTokenizer:
+  """Decodes id i to the piece 'p<i>' and encodes a text back, merging 'p1 p2' into one id 9 (a BPE-like merge
+  that shortens a sample), so re-encoded samples have other lengths."""
+
+  def decode(self, ids):
+    return " ".join(f"p{int(i)}" for i in ids)
+
+  def encode(self, text):
+    out = [int(w[1:]) for w in text.replace("p1 p2", "p9").split()]
+    return out
+
+
+def test_re_encoded_samples_form_blocks_without_padding(tmp_path):
+  """Samples re-encoded to other lengths are one stream [bos, s_1, bos, s_2, ...] cut into T + 1 blocks: no
+  filler token is ever a target (the old rows padded a short sample with bos targets that were trained on)."""
+  bos = 0
+  ids = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [1, 2, 1, 2], [3, 3, 3, 3]], np.int32)
+  blocks = augment_task.to_blocks(ids, _PieceTokenizer(), bos, tmp_path / "s.txt")
+  stream = [bos, 9, 3, 4, bos, 5, 6, 7, 8, bos, 9, 9, bos, 3, 3, 3, 3]
+  assert blocks.shape == (len(stream) // 5, 5)
+  np.testing.assert_array_equal(blocks.ravel(), stream[:blocks.size])
+  assert (tmp_path / "s.txt").read_text().splitlines()[0] == "p1 p2 p3 p4"
+
+
+def test_augment_samples_both_arms_at_one_temperature():
+  c = _config("augment")
+  c.augment.temperature = 0.7
+  gan_cfg = augment_task.gan_run_config(c, pathlib.Path("/tmp/base"))
+  assert gan_cfg.gan.temperature == 0.7 and gan_cfg.frontier.temperatures == ()

@@ -237,12 +237,12 @@ def test_each_update_is_the_gradient_of_its_own_loss_alone(one_device):
   # The D-step stores E f(real) of its own forward pass: the feature-matching target of the G-step.
   np.testing.assert_allclose(np.asarray(after_d.real_features), np.asarray(real_f), rtol=1e-5, atol=1e-7)
 
-  # g_step: key = fold_in(fold_in(rng, step), 1) -> (G, fake) keys; D is the updated one, read only.
+  # g_step: key = fold_in(fold_in(rng, step), 1) -> (G, fake) keys; D is the one the D-step read (before its
+  # update), read only: the D of E f(real).
   g_key, fake_key = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, 0), 1))
-  updated = nnx.merge(after_d.d.graphdef, after_d.d.params)
 
   def g_loss(g_params):
-    fake, fake_f = updated.discriminate(generate(g_params, g_key), fake_key)
+    fake, fake_f = classifier.discriminate(generate(g_params, g_key), fake_key)
     return gb.generator_loss(fake, real_f[None], fake_f)[0]
 
   loss, grads = jax.jit(jax.value_and_grad(g_loss))(state.g.params)
@@ -267,9 +267,9 @@ def _one_d_feature_matching(module):
   state, _ = training.init_sharded_state(module.make_state_fn(cfg_bert, cfg, opt, opt), jax.random.key(0), mesh)
   g_module = nnx.merge(state.g.graphdef, state.g.params)
   rng = np.random.default_rng(1)
-  g_module.hidden[0].kernel.value = jnp.zeros_like(g_module.hidden[0].kernel.value)
-  g_module.hidden[0].bias.value = jnp.asarray(rng.normal(size=g_module.hidden[0].bias.value.shape), jnp.float32)
-  g_module.out.bias.value = jnp.asarray(rng.normal(size=g_module.out.bias.value.shape), jnp.float32)
+  g_module.hidden[0].kernel.set_value(jnp.zeros_like(g_module.hidden[0].kernel.get_value()))
+  g_module.hidden[0].bias.set_value(jnp.asarray(rng.normal(size=g_module.hidden[0].bias.shape), jnp.float32))
+  g_module.out.bias.set_value(jnp.asarray(rng.normal(size=g_module.out.bias.shape), jnp.float32))
   state = state.replace(g=state.g.replace(params=nnx.state(g_module, nnx.Param)))
   d_step, g_step, _, _ = module.make_steps(cfg, mesh)
   host = _batch()
@@ -341,3 +341,23 @@ def test_steps_give_the_same_losses_and_params_on_a_mesh_as_on_one_device(one_de
   if shape == (2, 2, 2):  # the state really is sharded: FSDP on 'embed', tensor parallelism on 'mlp'
     kernel = s.d.params["head"]["hidden"][0]["kernel"].get_value()
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+def test_freeze_layers_leaves_embeddings_and_bottom_layers_unchanged():
+  """freeze_layers=1 of 2: the embeddings and layer 0 (row 0 of each stacked layer weight) get no update, not even
+  weight decay; layer 1 and the head do."""
+  cfg = gb.GanBertConfig(num_classes=3, method="baseline", freeze_layers=1)
+  mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  state, _ = training.init_sharded_state(gb.make_state_fn(TINY, cfg, OPT), jax.random.key(0), mesh)
+  _, _, sup_step, _ = gb.make_steps(cfg, mesh)
+  new, _ = jax.jit(sup_step)(state, _batch(), jax.random.key(1))
+  before, after = _host(state.d.params), _host(new.d.params)
+  _assert_same(before["encoder"]["embeddings"], after["encoder"]["embeddings"])
+  layer_leaves = list(zip(jax.tree.leaves(before["encoder"]["layers"]), jax.tree.leaves(after["encoder"]["layers"])))
+  assert layer_leaves and all(a.shape[0] == TINY.num_hidden_layers for a, _ in layer_leaves)
+  for a, b in layer_leaves:
+    np.testing.assert_array_equal(a[0], b[0])
+  assert any(not np.array_equal(a[1], b[1]) for a, b in layer_leaves)
+  assert _changed(before["head"], after["head"])
+  with pytest.raises(gb.InputError, match="exceeds"):
+    gb.make_state_fn(TINY, dataclasses.replace(cfg, freeze_layers=3), OPT)

@@ -143,22 +143,42 @@ def test_train_export_predict_and_resume(assets, tmp_path, caplog, monkeypatch):
 
 
 def test_experiment_writes_report_and_keeps_notes(assets, tmp_path):
+  """Every method on the same splits and seeds; 'finetune' and the supervised-only ablation get GAN-BERT's steps,
+  the release's 'baseline' its labeled passes; the report has the verdict and D's p(fake) over training."""
   config = tiny_config(assets)
   config.mode = "experiment"
   config.experiment.update(dict(seeds=(0, 1), report=str(tmp_path / "report.md"), figure=str(tmp_path / "fig.png"),
-                                title="tiny", compile_cache=False))
+                                title="tiny", compile_cache=False, lr_cs=(0.1, 1.0),
+                                methods=("ganbert", "finetune", "ganbert-sup-only", "baseline", "frozen-lr")))
   out = task.run(config, tmp_path / "exp")
   methods = {(s["method"], s["n"]) for s in out["summary"]}
-  assert methods == {("ganbert", 2), ("baseline", 2)}
+  assert methods == {(m, 2) for m in ("ganbert", "finetune", "ganbert-sup-only", "baseline", "frozen-lr")}
+  runs = {(r["method"], r["seed"]): r for r in out["runs"]}
+  assert runs["finetune", 0]["steps"] == runs["ganbert-sup-only", 0]["steps"] == runs["ganbert", 0]["steps"] == 3
+  assert runs["finetune", 0]["n_unlabeled"] == 0 and runs["ganbert-sup-only", 0]["n_unlabeled"] == 6
+  assert runs["baseline", 0]["n_unlabeled"] == 0 and runs["baseline", 0]["steps"] == 2  # ceil(1 * 6 * 3 / 12)
+  assert runs["frozen-lr", 1]["settings"]["C"] in (0.1, 1.0) and 0 <= runs["frozen-lr", 1]["accuracy"] <= 1
+  curve = runs["ganbert", 0]["adversarial"]  # [step, p(fake) real, p(fake) G(z), L_G,fm, L_D,sup] per log
+  assert [p[0] for p in curve] == [1, 2, 3] and all(0 < p[1] < 1 and 0 < p[2] < 1 and p[3] >= 0 for p in curve)
   report = (tmp_path / "report.md").read_text()
-  assert "| split | 6 | ganbert |" in report and report.count("| split | 0 |") + report.count("| split | 1 |") == 4
+  assert "| split | 6 | GAN-BERT | 3 |" in report and report.count("| split | 0 |") + report.count("| split | 1 |") == 10
+  assert "## Verdict" in report and "best accuracy:" in report and "Does the adversarial part work?" in report
+  assert "C chosen by k-fold cross-validation on the labeled rows only" in report
   assert (tmp_path / "fig.png").stat().st_size > 1000
-  baseline = next(r for r in out["runs"] if r["method"] == "baseline")
-  assert baseline["n_unlabeled"] == 0 and baseline["steps"] == 2  # ceil(1 * 6 * 3 / 12)
   with open(tmp_path / "report.md", "a", encoding="utf-8") as f:
     f.write("\nhand-written notes\n")
   task.run(config, tmp_path / "exp")  # every run is done: only the report is rewritten
   assert "hand-written notes" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.skipif(not os.environ.get("SETFIT_PYTHON"), reason="SETFIT_PYTHON (SetFit's own venv) is not set")
+def test_setfit_peer_runs_offline_in_its_own_python(assets, tmp_path):
+  config = tiny_config(assets)
+  config.experiment.update(dict(setfit_python=os.environ["SETFIT_PYTHON"], setfit_steps=4, setfit_batch_size=4))
+  data = cls_data.load_data(config.data, seed=0)
+  encoder = task.load_encoder(config.model, config.data.max_len)
+  row = task.peers.run_peer("setfit", config, data, encoder, seed=0)
+  assert row["method"] == "setfit" and row["steps"] == 4 and 0 <= row["accuracy"] <= 1
 
 
 def test_same_budget_on_the_trec_split():
@@ -171,6 +191,8 @@ def test_same_budget_on_the_trec_split():
   assert (gan.replication, gan.n_train, gan.steps) == (5, 5888, 184)
   assert base.steps == 18 and base.labeled_passes == gan.labeled_passes == pytest.approx(10.0)
   assert base.steps * 64 >= gan.labeled_passes * 109 > (base.steps - 1) * 64
+  # Issue 14: fine-tuning and the supervised-only ablation get GAN-BERT's 184 optimizer steps.
+  assert task.plan(config, data, "finetune").steps == task.plan(config, data, "ganbert-sup-only").steps == 184
 
 
 def test_batches_are_full_and_a_pure_function_of_the_step():

@@ -184,3 +184,18 @@ def test_sequence_metrics_keys_and_values():
   assert out["self_bleu2"] == pytest.approx(metrics.self_bleu(hyps, 2))
   assert out["bleu2"] == pytest.approx(metrics.bleu(hyps, refs, 2))
   assert out["distinct1"] == pytest.approx(7 / 9) and out["distinct3"] == 1.0 and out["length"] == 3.0
+
+
+def test_self_bleu_pool_does_not_depend_on_bleus_reference_cap():
+  """max_references caps BLEU's references only; Self-BLEU's pool is every other sample unless
+  max_self_references caps it."""
+  rng = np.random.default_rng(0)
+  hyps = [[int(w) for w in rng.integers(0, 6, size=5)] for _ in range(40)]
+  refs = [[int(w) for w in rng.integers(0, 6, size=5)] for _ in range(40)]
+  capped = metrics.sequence_metrics(hyps, refs, max_references=5, seed=1)
+  full = metrics.sequence_metrics(hyps, refs, seed=1)
+  assert capped["self_bleu4"] == pytest.approx(metrics.self_bleu(hyps, 4)) == pytest.approx(full["self_bleu4"])
+  assert capped["bleu4"] == pytest.approx(metrics.bleu(hyps, refs, 4, max_references=5, seed=1))
+  pooled = metrics.sequence_metrics(hyps, refs, max_self_references=5, seed=1)
+  assert pooled["self_bleu4"] == pytest.approx(metrics.self_bleu(hyps, 4, max_references=5, seed=1))
+  assert pooled["self_bleu4"] != pytest.approx(full["self_bleu4"])

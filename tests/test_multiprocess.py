@@ -62,9 +62,9 @@ def run_two_processes(workdir, flags):
   return outs
 
 
-def test_two_processes_train_from_shards_and_resume_like_one(tmp_path):
-  """Each process reads its half of every global batch from the shards: the losses are one process's, and a run
-  resumed from step 2 continues with the same batches."""
+def test_two_processes_resume_from_shards_like_one_uninterrupted_process(tmp_path):
+  """Two processes resume at step 2 (checkpoint of a one-process run) and each reads its half of every global batch
+  from the shards: their losses are those of one uninterrupted process, so together they read the global batches."""
   from jaxtextgan import prepare  # pylint: disable=import-outside-toplevel
   files = corpus(tmp_path)
   prepare.prepare(str(tmp_path / "shards"), "word", 8, train=files["train"], valid=files["valid"], shard_mb=0.001,
@@ -73,10 +73,10 @@ def test_two_processes_train_from_shards_and_resume_like_one(tmp_path):
     "data.source": "shards", "data.shards_dir": tmp_path / "shards", "data.batch_size": 8, "eval.batch_size": 8,
     "eval.stride": 8, "train.log_every": 1, "train.checkpoint_every": 2, "mesh_shape": "(8,1,1)"})
   cli(tmp_path / "single", flags(4), env={"JAX_NUM_CPU_DEVICES": "8"})
-  run_two_processes(tmp_path / "multi", flags(2))
+  cli(tmp_path / "multi", flags(2), env={"JAX_NUM_CPU_DEVICES": "8"})
   outs = run_two_processes(tmp_path / "multi", flags(4))
   assert "at step 2" in outs[0][0]
   single, multi = train_losses(tmp_path / "single"), train_losses(tmp_path / "multi")
   assert sorted(multi) == [1, 2, 3, 4]
-  for step in (1, 2, 3, 4):
+  for step in (3, 4):
     assert abs(single[step] - multi[step]) < 1e-5, (step, single[step], multi[step])

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from test_data_lm import TinyLmText, tfds_dir  # noqa: F401  (the prepared TFDS fixture)
+
 from jaxtextgan import prepare
 from jaxtextgan import tokenizers as tok
 from jaxtextgan.data import lm as lm_data
@@ -85,3 +87,25 @@ def test_bad_input_is_one_line(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: ") and "block length" in err
   assert shards.open_split(out).num_blocks > 0  # nothing already prepared was lost
+
+
+def test_bucket_code_path_writes_the_same_shards(tmp_path, monkeypatch):
+  """The gs:// branches (local temporary files copied through epath), run on local paths."""
+  corpus = write_corpus(tmp_path / "corpus", files=1)
+  local = prepare.prepare(str(tmp_path / "local"), "word", 8, train=str(corpus), log=lambda *_: None)
+  monkeypatch.setattr(prepare, "_is_local", lambda path: False)
+  monkeypatch.setattr(prepare, "_TOKENIZERS", {})
+  remote = prepare.prepare(str(tmp_path / "remote"), "word", 8, train=str(corpus), log=lambda *_: None)
+  assert remote["splits"] == local["splits"] and remote["tokenizer"] == local["tokenizer"]
+  np.testing.assert_array_equal(records(tmp_path / "remote"), records(tmp_path / "local"))
+
+
+def test_tfds_documents_end_with_eos(tfds_dir, tmp_path):  # noqa: F811  (the fixture)
+  out = tmp_path / "out"
+  m = prepare.prepare(str(out), "word", 2, tfds_name="tiny_lm_text", tfds_data_dir=str(tfds_dir), docs_per_shard=2,
+                      log=lambda *_: None)
+  tokenizer = tok.load_tokenizer(out / "tokenizer")
+  assert set(m["splits"]) == {"train", "valid", "test"} and len(m["splits"]["train"]["shards"]) == 2
+  docs = TinyLmText.DOCS["train"]
+  assert m["splits"]["train"]["tokens"] == lm_data.tokenize(docs, tokenizer).size
+  assert m["splits"]["valid"]["tokens"] == 3 and m["splits"]["valid"]["blocks"] == 1

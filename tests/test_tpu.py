@@ -14,7 +14,7 @@ from jaxtextgan import stage as stage_lib
 from jaxtextgan.config import load_config
 from jaxtextgan.errors import InputError
 from jaxtextgan.tasks import lm as lm_task
-from cli_helpers import REPO
+from cli_helpers import REPO, cli
 
 TOPOLOGIES = [("v5e:2x2", (1, 4, 1), "v5e"), ("v4:2x2x2", (2, 2, 2), "v4")]
 
@@ -162,13 +162,13 @@ def test_largest_batch_doubles_until_a_step_does_not_fit(monkeypatch):
   assert gan.data.batch_size == 64 and gan.gan.batch_size == 64
 
 
-def test_bad_topology_and_missing_libtpu_are_one_line_errors(monkeypatch):
+def test_bad_topology_and_missing_libtpu_are_one_line_errors(monkeypatch, tmp_path):
   with pytest.raises(InputError, match=r"--topology=v9:2x2 is not a TPU slice libtpu can compile for .*e\.g\. "
                                        r"v5e:2x4") as err:
     tpu.topology_devices("v9:2x2")
   assert "\n" not in str(err.value)
-  with pytest.raises(InputError, match="--max_batch needs --topology"):
-    dryrun.dry_run(lm_config((1, 1, 1)), max_batch=True)
+  proc = cli(tmp_path, ["--dry_run", "--max_batch"], check=False)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --max_batch needs --topology")
   monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
   monkeypatch.setattr(tpu.importlib.util, "find_spec", lambda name: None)
   monkeypatch.setattr(tpu, "LIBTPU_DIR", tpu.pathlib.Path("/nonexistent"))

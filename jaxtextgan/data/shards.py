@@ -6,13 +6,15 @@
   records -> global shuffle by seed, reshuffled each epoch -> repeat -> this process's rows -> local batches,
 
 where global batch k is records k*B .. (k+1)*B-1 of the shuffled stream and process i of P reads only its rows
-i*B/P .. (i+1)*B/P-1 of it (as `BatchIterator` does), in `workers` prefetch processes (0: in this process). `state()` is Grain's
-iterator state (JSON) plus the batches taken, so a checkpoint resumes exactly, with any worker count.
+i*B/P .. (i+1)*B/P-1 of it (as `BatchIterator` does), in `workers` prefetch processes (0: in this process).
+`state()` is Grain's iterator state (JSON) plus the batches taken, so a checkpoint resumes exactly, with any worker
+count.
 Files are reached through `etils.epath` (`gs://` works for the manifest; the records through ArrayRecord).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from typing import Mapping
@@ -140,10 +142,13 @@ class GrainBatches:
     ds = self._dataset()
     if skip:
       ds = ds[skip:]
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=2 * self.read_threads))
+    threads = self.read_threads
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
     if self.workers > 0:
       _absl_flags_parsed()
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2))
+      it = iter(it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2)))
+      atexit.register(it.close)  # stop the workers before the interpreter tears down
+      return it
     return iter(it)
 
   def state(self) -> dict:

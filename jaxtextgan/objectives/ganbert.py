@@ -40,6 +40,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -69,6 +70,7 @@ class GanBertConfig:
   epsilon: float = 1e-8
   feature_matching: str = "mean"
   noise: str = "normal"
+  freeze_layers: int = 0  # N > 0: the embeddings and the bottom N encoder layers get no updates (CPU budget)
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -82,6 +84,8 @@ class GanBertConfig:
                        f"(paper's squared L2 norm)")
     if self.noise not in NOISE:
       raise InputError(f"noise={self.noise!r} is unknown: use 'normal' (paper) or 'uniform' (release)")
+    if self.freeze_layers < 0:
+      raise InputError(f"freeze_layers={self.freeze_layers} is negative: use 0 (train all) or N bottom layers")
     if not 0.0 <= self.dropout < 1.0:
       raise InputError(f"dropout={self.dropout} is out of range: use a rate in [0, 1)")
 
@@ -175,6 +179,32 @@ def make_classifier(bert_cfg: bert.BertConfig, cfg: GanBertConfig, rngs: nnx.Rng
                                pooling=cfg.pooling, rngs=rngs)
 
 
+def freeze_bottom(num_layers: int) -> optax.GradientTransformation:
+  """Zeroes the updates of the encoder's embeddings and of its bottom `num_layers` layers (rows [:N] of the
+  stacked layer axis), leaving the rest alone. Chained before AdamW (clipping and moments never see the frozen
+  gradients) and after it (no weight decay either)."""
+
+  def frozen(path) -> tuple[bool, bool]:
+    names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+    return "encoder" in names and "embeddings" in names, "encoder" in names and "layers" in names
+
+  def mask(updates, params=None):
+    del params
+
+    def one(path, u):
+      whole, stacked = frozen(path)
+      if whole:
+        return jnp.zeros_like(u)
+      if stacked and num_layers > 0:
+        keep = (jnp.arange(u.shape[0]) >= num_layers).astype(u.dtype)
+        return u * keep.reshape((-1,) + (1,) * (u.ndim - 1))
+      return u
+
+    return jax.tree_util.tree_map_with_path(one, updates)
+
+  return optax.stateless(mask)
+
+
 def make_state_fn(bert_cfg: bert.BertConfig, cfg: GanBertConfig, d_opt_cfg, g_opt_cfg=None):
   """A pure `rng -> GanBertState` initialiser with a random encoder (for `jax.eval_shape` and sharded init).
 
@@ -182,6 +212,10 @@ def make_state_fn(bert_cfg: bert.BertConfig, cfg: GanBertConfig, d_opt_cfg, g_op
   not baked into a compiled program as constants; AdamW's moments start at zero whatever the weights.
   """
   d_tx, _ = training.make_optimizer(d_opt_cfg)
+  if cfg.freeze_layers:
+    if cfg.freeze_layers > bert_cfg.num_hidden_layers:
+      raise InputError(f"freeze_layers={cfg.freeze_layers} exceeds the encoder's {bert_cfg.num_hidden_layers} layers")
+    d_tx = optax.chain(freeze_bottom(cfg.freeze_layers), d_tx, freeze_bottom(cfg.freeze_layers))
   g_tx = training.make_optimizer(g_opt_cfg or d_opt_cfg)[0] if cfg.method == "ganbert" else None
 
   def make_state(rng):

@@ -73,8 +73,8 @@ def table2(rep: dict) -> str:
   return ("## Table 2 style (reverse KL estimated with the trained discriminator for every row)\n\n"
           + "\n".join(lines) + "\n\nVal. loss is the fine-tuning objective eq. (12) on validation: cross-entropy "
           "(= log Val. ppl.) + Val. rev. KL (eq. 10-12), in nats per word. Val. rev. KL (exact over V) is "
-          "KL(q ‖ p̂) with p̂ ∝ q0 (1 − r)/r of eq. (8) normalised over the vocabulary. Every validation and test "
-          f"number scores the split's tokens by {' / '.join(methods)} (`eval.perplexity`, `eval.stride`)."
+          "KL(q ‖ p̂) with p̂ ∝ q0 (1 − r)/r of eq. (8) normalised over the vocabulary. Every validation and "
+          f"test number scores the split's tokens by {' / '.join(methods)} (`eval.perplexity`, `eval.stride`)."
           + discriminators(rep))
 
 
@@ -87,8 +87,9 @@ def discriminators(rep: dict) -> str:
   if not rows:
     return ""
   return ("\n\n### Discriminators (validation, eq. 6; log 4 = 1.3863 when q0 = p)\n\n"
-          "D at start: before training (with init 'lm' and bias_init 'unigram', the unigram-only D r = σ(b_w)); gain = "
-          "D at start − D.\n\n| stage | trained layers | D | D at start | gain | D^(q) | D^(p) | E_q0 r | r(w*) |\n"
+          "D at start: before training (with init 'lm' and bias_init 'unigram', the unigram-only D r = σ(b_w)); "
+          "gain = D at start − D.\n\n"
+          "| stage | trained layers | D | D at start | gain | D^(q) | D^(p) | E_q0 r | r(w*) |\n"
           "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
@@ -106,8 +107,8 @@ def seeds_report(out: dict, config) -> str:
         f"{out['wall_seconds'] / 60:.1f} min (JAX {out['jax_version']}, {out['devices']}). Each seed's own report: "
         "seed_<s>/report.md in the workdir.\n"]
   if "table1" in agg:
-    md += ["## Table 1 (synthetic trigram data, test)\n", "| Estimating with | Test ppl. | Freq. ppl. | Rare ppl. | Ratio |",
-           "|---|---|---|---|---|"]
+    md += ["## Table 1 (synthetic trigram data, test)\n",
+           "| Estimating with | Test ppl. | Freq. ppl. | Rare ppl. | Ratio |", "|---|---|---|---|---|"]
     md += [f"| {label} | {_pm(r['ppl'])} | {_pm(r['frequent_ppl'])} | {_pm(r['rare_ppl'])} | {_pm(r['ratio'], 1)} |"
            for label, r in agg["table1"].items()]
     if "gap_recovered" in agg:

@@ -262,24 +262,25 @@ def _stage(p: Plan, name: str, kind: str, stage_cfg, step, *, seed: int, frozen:
 def disc_stage(p: Plan, base: str, index: int, q0) -> stage.Stage:
   """Stage 2: the discriminator of eq. (6) against q0 = `q0` (the initial or the perturbed LM)."""
   cfg = p.config
-  start, initial = None, {}
-  if cfg.discriminator.init == "lm" or cfg.discriminator.get("bias_init", "zero") != "zero":
-    def start(s):
-      initial["params"] = disc_init(p, q0)
-      return _restart(s, initial["params"])
+  initial = {}
+  restarts = cfg.discriminator.init == "lm" or cfg.discriminator.get("bias_init", "zero") != "zero"
+
+  def start(s):
+    initial["params"] = disc_init(p, q0)
+    return _restart(s, initial["params"])
 
   def evaluate(s):
     """The trained D on validation, and (split 'valid_start') D before training: with init 'lm' and bias_init
     'unigram', the unigram-only D r(w|c) = σ(b_w) (zero output weights), so their eq. (6) gap is what D learned
     from context."""
     out = {"valid": numbers.disc_metrics(p, s.params, q0)}
-    if start is not None:
+    if restarts:
       out["valid_start"] = numbers.disc_metrics(p, initial.get("params") or disc_init(p, q0), q0)
     return out
 
   return _stage(p, stage_name("disc", base), "disc", cfg.discriminator, dfine.make_disc_step(p.graphdefs["lm"]),
                 seed=cfg.seed + 100 * (index + 1), frozen={"q0": q0}, meta={"objective": "dfine_disc", "base": base},
-                evaluate=evaluate, start=start)
+                evaluate=evaluate, start=start if restarts else None)
 
 
 def finetune_stage(p: Plan, base: str, variant: str, index: int, q0, disc, probe=None) -> stage.Stage:

@@ -201,10 +201,11 @@ def over_seeds(reports: list[dict]) -> dict:
       node[path[-1]] = summary(values)
   control = TABLE2_LABELS["nodisc"]
   if all("table2" in r and control in r["table2"] for r in reports):
-    out["paired"] = {label: {s: summary([r["table2"][label][s]["perplexity"] - r["table2"][control][s]["perplexity"]
-                                         for r in reports]) for s in ("valid", "test") if s in reports[0]["table2"][label]}
-                     for label in reports[0]["table2"] if label != control
-                     and all(label in r["table2"] for r in reports)}
+    diff = lambda label, split: summary([r["table2"][label][split]["perplexity"]
+                                         - r["table2"][control][split]["perplexity"] for r in reports])
+    out["paired"] = {label: {split: diff(label, split) for split in ("valid", "test") if split in row}
+                     for label, row in reports[0]["table2"].items()
+                     if label != control and all(label in r["table2"] for r in reports)}
   return out
 
 

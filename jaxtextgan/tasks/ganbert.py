@@ -1,26 +1,29 @@
-"""`objective='ganbert'`: GAN-BERT semi-supervised classification and its supervised baseline (seed paper, sec. 3-4).
+"""`objective='ganbert'`: GAN-BERT semi-supervised classification against what a user would pick instead (seed
+paper, sec. 3-4; issue 14).
 
 `config.mode`:
-* 'train': one model (`config.method` 'ganbert' or 'baseline') on the configured data; resumable from
+* 'train': one model (`config.method`, one of TRAINED) on the configured data; resumable from
   `<workdir>/checkpoints`; evaluates on the test split, writes results.json, and exports the classifier (encoder +
   D, without G) to `<workdir>/classifier` for `python -m jaxtextgan.predict --workdir=<workdir>`.
-* 'experiment': labeled fractions x seeds x methods; writes `config.experiment.report` (markdown, mean +- std of
-  accuracy and macro-F1, every run with its wall time) and a figure like the seed's Figure 2. Finished runs are
-  kept in `<workdir>/runs.jsonl`, so an interrupted experiment continues where it stopped.
+* 'experiment': labeled fractions x seeds x methods (METHODS), the same splits and seeds for every method; writes
+  `config.experiment.report` and a figure (`reports.ganbert`). Finished runs are kept in `<workdir>/runs.jsonl`,
+  so an interrupted experiment continues where it stopped.
 
-Data (`config.data.source`): 'trec' (the release's split, fine or coarse labels), 'bbc' (BBC News, labeled-
-fraction sampler) or 'files' (CSV/TSV/JSONL with column options). GAN-BERT trains on labeled rows replicated
-log2(1/labeled_fraction) times plus the unlabeled rows (release: `gan_bert_replication`).
+Methods. GAN-BERT trains T steps on batches of B rows drawn from N = R n_L + n_U rows (labeled rows replicated
+R = log2(1/labeled_fraction) times, release: `gan_bert_replication`), T = train.steps or train.epochs * N / B.
+* 'ganbert': `d_step` then `g_step` per iteration.
+* 'finetune': the same encoder and a k-way head on the n_L labeled rows alone (repeated to fill batches) for the
+  same T optimizer steps and the same schedule.
+* 'ganbert-sup-only': the ablation: GAN-BERT's own batches and T steps, on the supervised term L_D,sup alone.
+* 'baseline': the release's protocol: as many passes over each labeled row as GAN-BERT, ceil(R n_L T / N) steps.
+* 'frozen-lr': mean-pooled frozen-encoder vectors and scikit-learn's logistic regression, C by k-fold CV on the
+  labeled rows.
+* 'setfit': SetFit on the same encoder directory, run by `benchmarks/setfit_peer.py` in its own Python
+  (`experiment.setfit_python`), since it needs transformers 5.
+Nothing is chosen on the test set: lr, schedule and steps are fixed in the config, C on the labeled rows.
 
-Same budget: the baseline makes as many passes over each labeled example as GAN-BERT does. GAN-BERT's
-T iterations of B rows over N = R n_L + n_U rows see each labeled example R T B / N times; the baseline trains on
-the n_L labeled rows alone for ceil(R n_L T / N) steps of B rows. It thus does fewer optimizer steps, because it
-has no unlabeled rows to see. Learning-rate schedule (linear warmup over 10% then linear decay to 0), optimizer,
-encoder, head and dropout are the same.
-
-Each run is one Stage (`ganbert_stage`: the pure initialiser, `d_step` then `g_step` or the baseline's `sup_step`,
-the resumable `data.classification.Batches`) trained by `stage.run_stage`; `dry_run_stages` gives `--dry_run` the
-same Stages.
+Each trained run is one Stage (`ganbert_stage`) trained by `stage.run_stage`; `dry_run_stages` gives `--dry_run`
+the same Stages.
 """
 
 from __future__ import annotations
@@ -46,9 +49,12 @@ from jaxtextgan.errors import InputError, Preempted
 from jaxtextgan.metrics import classification_metrics
 from jaxtextgan.models import bert, classifier, hf_bert
 from jaxtextgan.objectives import ganbert
-from jaxtextgan.tasks import common
+from jaxtextgan.reports import ganbert as report
+from jaxtextgan.tasks import common, ganbert_peers as peers
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+TRAINED = ("ganbert", "finetune", "ganbert-sup-only", "baseline")  # trained as one Stage each
+METHODS = TRAINED + ("frozen-lr", "setfit")
 
 
 # ------------------------------------------------------------------------------------------------------ encoder
@@ -82,7 +88,9 @@ def encoder_config(model_cfg, max_len: int) -> bert.BertConfig:
 
 
 def model_config(model_cfg, num_classes: int, method: str) -> ganbert.GanBertConfig:
-  return ganbert.GanBertConfig(num_classes=num_classes, method=method, latent_dim=model_cfg.latent_dim,
+  """GAN-BERT's model for 'ganbert', the k-way classifier (objective 'baseline') for the other TRAINED methods."""
+  return ganbert.GanBertConfig(num_classes=num_classes, method="ganbert" if method == "ganbert" else "baseline",
+                               freeze_layers=model_cfg.get("freeze_layers", 0), latent_dim=model_cfg.latent_dim,
                                d_hidden=model_cfg.d_hidden, g_hidden=model_cfg.g_hidden, dropout=model_cfg.dropout,
                                pooling=model_cfg.pooling, epsilon=model_cfg.epsilon,
                                feature_matching=model_cfg.feature_matching, noise=model_cfg.noise)
@@ -113,8 +121,8 @@ class Plan:
 
 
 def plan(config, data: cls_data.ClassificationData, method: str) -> Plan:
-  """GAN-BERT: train.steps, or train.epochs over its replicated training set; baseline: the same number of
-  passes over each labeled example (module docstring)."""
+  """GAN-BERT, 'finetune' and 'ganbert-sup-only': train.steps, or train.epochs over GAN-BERT's replicated training
+  set; 'baseline': the same number of passes over each labeled example (module docstring)."""
   batch = config.data.batch_size
   replication = cls_data.gan_bert_replication(data.labeled_fraction)
   n_gan = replication * len(data.labeled) + len(data.unlabeled)
@@ -125,8 +133,10 @@ def plan(config, data: cls_data.ClassificationData, method: str) -> Plan:
   else:
     raise InputError("train.steps and train.epochs are both 0: set one of them (e.g. --config.train.epochs=2)")
   passes = replication * gan_steps * batch / n_gan
-  if method == "ganbert":
+  if method in ("ganbert", "ganbert-sup-only"):
     return Plan(gan_steps, n_gan, len(data.labeled), replication, passes)
+  if method == "finetune":
+    return Plan(gan_steps, len(data.labeled), len(data.labeled), replication, gan_steps * batch / len(data.labeled))
   steps = max(1, math.ceil(replication * len(data.labeled) * gan_steps / n_gan))
   return Plan(steps, len(data.labeled), len(data.labeled), replication, passes)
 
@@ -192,7 +202,8 @@ def train_and_evaluate(config, data: cls_data.ClassificationData, encoder: Encod
   cfg = model_config(config.model, data.num_classes, method)
   p = plan(config, data, method)
   max_len, pad_multiple = config.data.max_len, config.data.pad_multiple
-  train_enc = cls_data.encode_examples(cls_data.training_examples(data, method), encoder.tokenizer, max_len)
+  examples = cls_data.training_examples(data, "ganbert" if method == "ganbert-sup-only" else method)
+  train_enc = cls_data.encode_examples(examples, encoder.tokenizer, max_len)
   test_enc = cls_data.encode_examples(data.test, encoder.tokenizer, max_len)
 
   def evaluate(state) -> dict:
@@ -216,13 +227,23 @@ def train_and_evaluate(config, data: cls_data.ClassificationData, encoder: Encod
     writer.close()
   done = result.done
   out: dict[str, Any] = {"method": method, "seed": seed, "data": data.name, "n_labeled": len(data.labeled),
-                         "n_unlabeled": len(data.unlabeled) if method == "ganbert" else 0,
+                         "n_unlabeled": len(data.unlabeled) if method in ("ganbert", "ganbert-sup-only") else 0,
                          "labeled_fraction": data.labeled_fraction, "replication": p.replication,
                          "steps": p.steps, "labeled_passes": p.labeled_passes, "step": done["step"],
                          "preempted": False, "train": done["train"]}
   out.update(done["eval"]["test"], wall_seconds=time.perf_counter() - t0, load_start=load_start,
              load_end=os.getloadavg()[0])
+  if method == "ganbert":
+    out["adversarial"] = adversarial_curve(workdir / "metrics.jsonl")
   return out, result.state, cfg
+
+
+def adversarial_curve(path: pathlib.Path) -> list[list[float]]:
+  """[[step, D's mean p(fake) on real rows, on G(z), L_G,fm, L_D,sup]] of every logged training step."""
+  keys = ("p_fake_real", "p_fake_fake", "g_feature_matching", "d_sup")
+  rows = writers.read_metrics(path) if path.is_file() else []
+  return [[r["step"], *(float(r[k]) for k in keys)] for r in rows
+          if r.get("split") == "train" and all(k in r for k in keys)]
 
 
 def export_classifier(workdir: pathlib.Path, state: ganbert.GanBertState, cfg: ganbert.GanBertConfig,
@@ -254,8 +275,8 @@ def check_config(config) -> None:
   """Fails fast on options that would otherwise fail after the encoder is loaded."""
   if config.get("mode") not in ("train", "experiment"):
     raise InputError(f"mode={config.get('mode')!r} is unknown: use 'train' or 'experiment'")
-  if config.method not in ganbert.METHODS:
-    raise InputError(f"method={config.method!r} is unknown: use one of {', '.join(ganbert.METHODS)}")
+  if config.method not in TRAINED:
+    raise InputError(f"method={config.method!r} is unknown: use one of {', '.join(TRAINED)}")
   if config.data.source not in cls_data.SOURCES:
     raise InputError(f"data.source={config.data.source!r} is unknown: use one of {', '.join(cls_data.SOURCES)}")
   if config.data.max_len < 2:
@@ -324,8 +345,11 @@ def run_experiment(config, workdir) -> dict:
   seeds = list(exp.seeds)
   methods = list(exp.methods)
   for m in methods:
-    if m not in ganbert.METHODS:
-      raise InputError(f"experiment.methods has {m!r}: use {', '.join(ganbert.METHODS)}")
+    if m not in METHODS:
+      raise InputError(f"experiment.methods has {m!r}: use {', '.join(METHODS)}")
+  if "setfit" in methods and not exp.get("setfit_python"):
+    raise InputError("experiment.methods has 'setfit' but experiment.setfit_python is empty: give the python of "
+                     "SetFit's own venv (README, 'GAN-BERT against the alternatives')")
   if not seeds:
     raise InputError("experiment.seeds is empty: give at least one seed (3 for mean +- std)")
   runs_path = r.workdir / "runs.jsonl"
@@ -346,8 +370,11 @@ def run_experiment(config, workdir) -> dict:
           encoder = load_encoder(config.model, config.data.max_len)
         print(f"[{key}] {data.summary()}", flush=True)
         try:
-          result, _, _ = train_and_evaluate(config, data, encoder, method=method, seed=seed,
-                                            workdir=r.workdir / key, mesh=r.mesh, show_progress=exp.progress)
+          if method in TRAINED:
+            result, _, _ = train_and_evaluate(config, data, encoder, method=method, seed=seed,
+                                              workdir=r.workdir / key, mesh=r.mesh, show_progress=exp.progress)
+          else:
+            result = peers.run_peer(method, config, data, encoder, seed=seed, mesh=r.mesh)
         except Preempted as stop:  # SIGTERM: the unfinished run is not recorded; running again redoes it
           print(f"[{key}] SIGTERM at step {stop.step}: stopped; run the same command again to continue", flush=True)
           return {"runs": list(done.values()), "preempted": True}
@@ -359,140 +386,13 @@ def run_experiment(config, workdir) -> dict:
           with runs_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(result) + "\n")
         rows = [done[k] for k in done]
-        write_report(config, rows, command)
+        report.write_report(config, rows, command)
   rows = [done[_run_key(f, s, m)] for f in fractions for s in seeds for m in methods]
-  write_report(config, rows, command)
-  summary = summarize(rows)
+  report.write_report(config, rows, command)
+  summary = report.summarize(rows)
   stage.write_json(r.workdir / "results.json", {"runs": rows, "summary": summary})
   r.writer.close()
   for row in summary:
     print(f"{row['label']} {row['method']}: accuracy {row['accuracy_mean']:.4f} +- {row['accuracy_std']:.4f}, "
           f"macro-F1 {row['macro_f1_mean']:.4f} +- {row['macro_f1_std']:.4f} ({row['n']} seeds)", flush=True)
   return {"runs": rows, "summary": summary}
-
-
-def _std(values: Sequence[float]) -> float:
-  """Sample standard deviation (ddof=1); 0 for one value."""
-  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def _fraction_label(row) -> str:
-  return "split" if row.get("fraction") is None else f"{100 * row['fraction']:g}%"
-
-
-def summarize(rows: Sequence[dict]) -> list[dict]:
-  """Mean and sample std of accuracy and macro-F1 per (fraction, method), in first-seen order."""
-  groups: dict[tuple, list[dict]] = {}
-  for row in rows:
-    groups.setdefault((row.get("fraction"), row["method"]), []).append(row)
-  out = []
-  for (fraction, method), members in groups.items():
-    acc, f1 = [m["accuracy"] for m in members], [m["macro_f1"] for m in members]
-    out.append({"fraction": fraction, "label": _fraction_label(members[0]), "method": method, "n": len(members),
-                "n_labeled": float(np.mean([m["n_labeled"] for m in members])),
-                "accuracy_mean": float(np.mean(acc)), "accuracy_std": _std(acc),
-                "macro_f1_mean": float(np.mean(f1)), "macro_f1_std": _std(f1),
-                "wall_mean": float(np.mean([m["wall_seconds"] for m in members]))})
-  return out
-
-
-def write_report(config, rows: Sequence[dict], command: str) -> None:
-  """Markdown table (mean +- std and every run) and the figure; hand-written notes below writers.NOTES_MARKER
-  survive."""
-  if jax.process_index() != 0 or not rows:
-    return
-  exp, data_cfg, opt = config.experiment, config.data, config.optimizer
-  summary = summarize(rows)
-  encoder = config.model.encoder_dir or f"bundled all-MiniLM-L6-v2 ({hf_bert.default_encoder_dir()})"
-  first = rows[0]
-  budget = (f"{config.train.steps} iterations" if config.train.steps > 0 else f"{config.train.epochs:g} epochs")
-  lines = [
-    f"# GAN-BERT vs. supervised baseline: {exp.title or first['data']}", "",
-    f"Command (repository root): `{command}`", "",
-    f"Wall time: {sum(row['wall_seconds'] for row in rows) / 60:.1f} min summed over the {len(rows)} runs "
-    f"(each run's own time, with compilation and test evaluation, is listed below; a run finished by an earlier "
-    f"invocation of the command is not run again). Machine: {os.cpu_count()} CPU cores shared with other jobs; the "
-    f"1-minute load average at the start and end of each run is listed (above {os.cpu_count()} means the cores "
-    f"were oversubscribed).", "",
-    "## Setup", "",
-    f"- Encoder: {encoder}, pooling `{config.model.pooling}`, fine-tuned with D's loss; D and G: MLPs with one "
-    f"leaky-ReLU hidden layer and dropout {config.model.dropout}; noise z ~ {config.model.noise}(100-d).",
-    f"- Data: `{data_cfg.source}` ({first['data']}); max_len {data_cfg.max_len}, batch {data_cfg.batch_size}; "
-    f"labeled rows replicated log2(1/fraction) times for GAN-BERT.",
-    f"- Optimizer: AdamW lr {opt.lr:g} (G: {opt.g_lr or opt.lr:g}), weight decay {opt.weight_decay:g}, linear "
-    f"warmup over {opt.warmup_proportion:.0%} of the steps then linear decay to 0, global-norm clip "
-    f"{opt.grad_clip_norm:g}; eps 1e-8 inside the logs.",
-    f"- GAN-BERT budget: {budget} over its training set (labeled x replication + unlabeled). Baseline: same "
-    f"encoder + same head over the k classes, trained on the labeled rows only for the same number of passes over "
-    f"each labeled example (`labeled passes` below), i.e. ceil(R n_L T / N) steps: fewer steps, since it sees no "
-    f"unlabeled rows.",
-    "- Metrics on the test split: accuracy and macro-F1 (classes present in labels or predictions); mean +- "
-    "sample std (ddof=1) over seeds.", "",
-    "## Mean +- std over seeds", "",
-    "| labeled | n_L | method | accuracy | macro-F1 | seeds | mean wall (s) |",
-    "|---|---:|---|---:|---:|---:|---:|",
-  ]
-  for s in summary:
-    lines.append(f"| {s['label']} | {s['n_labeled']:.0f} | {s['method']} | {s['accuracy_mean']:.4f} +- "
-                 f"{s['accuracy_std']:.4f} | {s['macro_f1_mean']:.4f} +- {s['macro_f1_std']:.4f} | {s['n']} | "
-                 f"{s['wall_mean']:.0f} |")
-  lines += ["", "## Every run", "",
-            "| labeled | seed | method | n_L | n_U | R | steps | labeled passes | accuracy | macro-F1 | wall (s) | "
-            "load start -> end |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-  for row in rows:
-    lines.append(f"| {_fraction_label(row)} | {row['seed']} | {row['method']} | {row['n_labeled']} | "
-                 f"{row['n_unlabeled']} | {row['replication']} | {row['steps']} | {row['labeled_passes']:.1f} | "
-                 f"{row['accuracy']:.4f} | {row['macro_f1']:.4f} | {row['wall_seconds']:.0f} | "
-                 f"{row['load_start']:.1f} -> {row['load_end']:.1f} |")
-  per_seed: dict[tuple, float] = {}
-  for row in rows:
-    per_seed[(_fraction_label(row), row["seed"])] = per_seed.get((_fraction_label(row), row["seed"]), 0.0) + \
-      row["wall_seconds"]
-  lines += ["", "Wall time per seed (all methods of that seed, training + test evaluation; compile included): " +
-            ", ".join(f"{lab} seed {s}: {sec / 60:.1f} min" for (lab, s), sec in per_seed.items()) + "."]
-  writers.write_report(exp.report, "\n".join(lines))
-  if exp.figure:
-    plot_experiment(summary, rows, pathlib.Path(exp.figure), exp.title or first["data"])
-
-
-def plot_experiment(summary: Sequence[dict], rows: Sequence[dict], path: pathlib.Path, title: str) -> None:
-  """Learning curves like the seed's Figure 2 (metric vs. labeled %), or per-method bars for a single split."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  path.parent.mkdir(parents=True, exist_ok=True)
-  methods = list(dict.fromkeys(s["method"] for s in summary))
-  colors = {"ganbert": "tab:red", "baseline": "tab:blue"}
-  names = {"ganbert": "GAN-BERT", "baseline": "baseline (labeled only)"}
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-  curve = any(s["fraction"] is not None for s in summary) and len({s["fraction"] for s in summary}) > 1
-  for ax, metric, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "macro_f1", "macro-F1")):
-    for j, method in enumerate(methods):
-      points = [s for s in summary if s["method"] == method]
-      if curve:
-        xs = [100 * s["fraction"] for s in points]
-        ax.errorbar(xs, [s[f"{metric}_mean"] for s in points], yerr=[s[f"{metric}_std"] for s in points],
-                    marker="o", capsize=3, color=colors.get(method), label=names.get(method, method))
-      else:
-        mean = points[0][f"{metric}_mean"]
-        ax.bar(j, mean, yerr=points[0][f"{metric}_std"], capsize=4, color=colors.get(method), alpha=0.6,
-               label=names.get(method, method))
-        seeds = [r[metric] for r in rows if r["method"] == method]
-        ax.scatter(np.full(len(seeds), j), seeds, color="k", s=12, zorder=3)
-    if curve:
-      ax.set_xscale("log")
-      ax.set_xlabel("labeled examples (% of the training set)")
-      ticks = sorted({100 * s["fraction"] for s in summary})
-      ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    else:
-      ax.set_xticks(range(len(methods)), [names.get(m, m) for m in methods])
-    ax.set_ylabel(label)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle(f"{title}: mean +- std over seeds" + ("" if curve else " (dots: seeds)"))
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)

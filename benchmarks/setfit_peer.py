@@ -1,0 +1,34 @@
+"""SetFit (Tunstall et al. 2022) as a peer of GAN-BERT, run in SetFit's own venv (it needs transformers 5, while
+jaxtextgan's parity tests pin 4.x), offline, on a local sentence-transformers directory.
+
+  python benchmarks/setfit_peer.py request.json answer.json
+
+request.json: {"model_dir", "train_texts", "train_labels", "test_texts", "steps", "batch_size", "max_len", "seed"};
+answer.json: {"predictions": [int, ...]} for test_texts. Called by `jaxtextgan.tasks.ganbert_peers.setfit`.
+SetFit's venv (README, "GAN-BERT against the alternatives"):
+  python3 -m venv ~/setfit-venv && ~/setfit-venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
+  ~/setfit-venv/bin/pip install setfit scikit-learn
+"""
+
+import json
+import sys
+
+
+def main(request_path: str, answer_path: str) -> None:
+  from datasets import Dataset
+  from setfit import SetFitModel, Trainer, TrainingArguments
+
+  req = json.loads(open(request_path, encoding="utf-8").read())
+  model = SetFitModel.from_pretrained(req["model_dir"], local_files_only=True)
+  model.model_body.max_seq_length = int(req["max_len"])
+  train = Dataset.from_dict({"text": req["train_texts"], "label": req["train_labels"]})
+  args = TrainingArguments(batch_size=int(req["batch_size"]), max_steps=int(req["steps"]), num_epochs=1,
+                           seed=int(req["seed"]), report_to="none", show_progress_bar=False)
+  Trainer(model=model, args=args, train_dataset=train).train()
+  predictions = [int(p) for p in model.predict(req["test_texts"], batch_size=64)]
+  with open(answer_path, "w", encoding="utf-8") as f:
+    json.dump({"predictions": predictions}, f)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:3])

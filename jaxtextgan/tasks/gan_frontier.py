@@ -1,0 +1,140 @@
+"""`objective='gan_frontier'`: quality-diversity frontiers of the MLE G against G after minimax and WGAN-GP.
+
+For every (source, seed) of the config: one GAN run per loss (`tasks.gan.run` on `config.<source>` with that seed),
+the first pre-training G's GPT-2 with MLE and the others starting from the same pre-trained LM
+(`generator.init_from`), so the generators differ only by their GAN phase. Then `jaxtextgan.frontier.sweep` scores
+the MLE G and each GAN's G at every temperature, and the report compares every GAN's curve with the MLE G's at
+matched diversity (per seed, and on the mean over seeds).
+
+Workdir: <source>_s<seed>/<loss>/ (GAN workdirs; the first loss's pretrain/ is the shared MLE G),
+<source>_s<seed>/frontier.json; results in `config.results` (.md, .png, .json).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import ml_collections
+
+from jaxtextgan import frontier, stage
+from jaxtextgan.errors import InputError
+from jaxtextgan.tasks import common
+from jaxtextgan.tasks import gan as gan_task
+
+SOURCES = ("trigram", "ptb")
+
+
+def run_config(config, source: str, seed: int, loss: str, first_workdir: pathlib.Path | None):
+  """config.<source> with `seed` and `loss` (and config.loss_overrides[loss]); later losses start from the first
+  loss's pre-trained LM."""
+  c = ml_collections.ConfigDict(config[source].to_dict())
+  c.seed = int(seed)
+  c.gan.loss = loss
+  c.frontier.temperatures = ()
+  _merge(c, config.loss_overrides.get(loss.replace("-", "_"), {}))
+  if first_workdir is not None:
+    c.generator.init_from = str(first_workdir / "pretrain")
+    c.pretrain.steps = 0
+  return c
+
+
+def _merge(node, overrides) -> None:
+  """Sets every leaf of the nested `overrides` in `node` (an unknown key is an InputError)."""
+  for key, value in overrides.items():
+    if key not in node:
+      raise InputError(f"loss_overrides names {key!r}, which the GAN config lacks")
+    if hasattr(value, "items"):
+      _merge(node[key], value)
+    else:
+      node[key] = value
+
+
+def one_source_seed(config, r, source: str, seed: int) -> list[dict]:
+  """Trains (or resumes) the GANs of one (source, seed) and sweeps the MLE G and each GAN's G."""
+  base = r.workdir / f"{source}_s{seed}"
+  saved = base / "frontier.json"
+  if saved.exists():
+    return json.loads(saved.read_text())["rows"]
+  gens, data, first = [], None, None
+  for loss in config.losses:
+    c = run_config(config, source, seed, loss, first)
+    workdir = base / loss
+    gan_task.run(c, workdir)
+    s, state, data = gan_task.load_trained(c, workdir, r.mesh)
+    if first is None:
+      first = workdir
+      _, lm_params, _ = gan_task.restore_lm_params(workdir / "pretrain", data.tokenizer_spec, r.mesh)
+      gens.append(frontier.Generator("MLE G", s.g_graphdef, gan_task.initial_g_params(c, s, lm_params),
+                                     s.gen_cfg.latent_dim))
+    gens.append(frontier.Generator(f"GAN G ({loss})", s.g_graphdef, state.g.params, s.gen_cfg.latent_dim))
+  f = config.frontier
+  c = config[source]
+  rows = frontier.sweep(gens, data, f.temperatures, length=c.generator.length, num_samples=f.num_samples,
+                        seed=c.sample.seed, num_z=f.num_z, batch_size=c.eval.batch_size,
+                        max_references=c.eval.max_references, max_test=f.get("max_test") or None)
+  stage.write_json(saved, {"rows": rows})
+  return rows
+
+
+def report(config, by_run: dict[str, list[dict]], wall: float) -> str:
+  """Markdown: per source, the comparisons (per seed and on the mean over seeds) and the tables."""
+  f = config.frontier
+  lines = ["# Quality-diversity frontiers: MLE G against G after minimax and WGAN-GP (issue 15)", "",
+           f"`python -m jaxtextgan.main --config=configs/gan_frontier.py` ({wall:.0f} s on this machine). "
+           f"Each point: {f.num_samples} samples at temperature T (softmax(logits / T)), T in "
+           f"{tuple(f.temperatures)}; NLL-test of G at T over {f.num_z} latents (jaxtextgan/frontier.py states the "
+           "math). Diversity is the x axis, quality the y axis; lower is better on both trigram axes.", ""]
+  for source in SOURCES:
+    keys = [k for k in by_run if k.startswith(source + "_")]
+    if not keys:
+      continue
+    axes = frontier.ORACLE_AXES if source == "trigram" else frontier.TEXT_AXES
+    runs = [by_run[k] for k in keys]
+    planes = [axes] + ([frontier.TEXT_AXES] if source == "trigram" else [])
+    lines += [f"## {source} ({len(keys)} seed{'s' if len(keys) > 1 else ''})", ""]
+    for plane in planes:
+      lines += [f"Plane {plane.y} (quality) against {plane.x} (diversity):", ""]
+      for name in [g for g in dict.fromkeys(r["generator"] for r in runs[0]) if g != "MLE G"]:
+        for k, rows in zip(keys, runs):
+          lines.append(f"- {k}: {frontier.compare(rows, name, 'MLE G', plane)['verdict']}")
+        if len(runs) > 1:
+          lines.append(f"- mean over seeds: {frontier.compare(frontier.mean_over(runs), name, 'MLE G', plane)['verdict']}")
+      lines.append("")
+    for k, rows in zip(keys, runs):
+      lines += [f"### {k}", "", frontier.table(rows), ""]
+  return "\n".join(lines)
+
+
+def run(config, workdir) -> dict:
+  t0 = time.perf_counter()
+  r = common.start(config, workdir)
+  bad = [s for s in config.seeds if s not in SOURCES]
+  if bad:
+    raise InputError(f"seeds names sources {bad}: use {', '.join(SOURCES)}")
+  frontier.check_temperatures(config.frontier.temperatures)
+  by_run = {}
+  for source in SOURCES:
+    for seed in config.seeds.get(source, ()):
+      by_run[f"{source}_s{seed}"] = one_source_seed(config, r, source, int(seed))
+  wall = time.perf_counter() - t0
+  out = pathlib.Path(config.results)
+  md = report(config, by_run, wall)
+  if jax.process_index() == 0:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md + "\n", encoding="utf-8")
+    for source in SOURCES:
+      keys = [k for k in by_run if k.startswith(source + "_")]
+      if not keys:
+        continue
+      axes = frontier.ORACLE_AXES if source == "trigram" else frontier.TEXT_AXES
+      mean = {"mean over seeds": frontier.mean_over([by_run[k] for k in keys])} if len(keys) > 1 else None
+      frontier.plot({k: by_run[k] for k in keys}, axes, out.parent / f"{out.name}_{source}.png",
+                    title=f"{source}: MLE G vs GAN G, T in {tuple(config.frontier.temperatures)}", mean_rows=mean)
+  results = {"finished": True, "runs": by_run, "results_md": str(out.with_suffix(".md")), "wall_seconds": wall}
+  stage.write_json(r.workdir / "results.json", results)
+  r.writer.close()
+  print(md, flush=True)
+  return results
