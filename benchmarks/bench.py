@@ -12,13 +12,22 @@ seconds of the step, whose ratio to the wall time says how many cores it really 
 peak is one more worker in the same rounds: a jitted N x N fp32 matmul (N = `--peak_n`), timed like a step; with a
 bf16 worker in the run, a bf16 matmul (fp32 accumulation) gives the bf16 peak, which bf16 workers are measured
 against.
-Phases: the LM and its peers alternate together; every other objective then runs in a phase of its own (with the
-peak worker), so only one GPT-2-sized training state of ours is alive at a time. `--sequential` gives every worker
+Phases: every objective runs in a phase of its own, ours (with the LM's further variants) alternating with the
+peers that implement it (torch: lm, gan, ganbert; flax and torch_bf16: lm) and the peak worker, so only one
+objective's training states are alive at a time. `--sequential` gives every worker
 its own phase (for models whose workers do not fit in memory together; then ours and the peer no longer
 alternate with each other, only with the peak). `--parallel_setup` is for smoke tests only (compiles overlap).
 Reported per worker: median step time, tokens/s, compile time (lower + compile; 0 for eager PyTorch), time of the
 first step, peak RSS (`ru_maxrss`, whole process: imports, init, compile and steps), FLOPs per step with their
-source, achieved GFLOP/s and the fraction of the matmul peak; and ours / peer ratios for the LM.
+source, achieved GFLOP/s and the fraction of the matmul peak, MFU as the training runs log it (our step's jaxpr
+matmul FLOPs, also credited to its peers, over the step time and `jaxtextgan.mfu.measured_cpu_peak()`, measured in
+the peak worker); and ours / peer ratios for every objective with a peer.
+
+Peers beyond the LM. `torch:ganbert`: transformers' BertModel (`--encoder=minilm`: the bundled MiniLM's weights)
+with GAN-BERT's MLP D and G in eager PyTorch, after crux82/ganbert-pytorch's losses but with D and G updated
+separately, as objectives/ganbert.py does. `torch:gan`: transformers' GPT2LMHeadModel decoding `--gan_len`
+straight-through Gumbel-Softmax tokens fed back as y E (`inputs_embeds`, KV cache), a CNN D and the minimax losses,
+eager. Each worker class says what it computes; both sides get the same batch, lengths, sizes and optimizer.
 
 Variants. `--variants=unrolled,scan` builds our GPT-2 models with unrolled layers (the default: faster steps on
 XLA:CPU) and adds a second LM worker, 'jaxtextgan:lm@scan', with layers under `lax.scan` (faster compiles), to the
@@ -94,8 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="tokens G generates per sample in the GAN step (configs/gan.py uses 16)")
   p.add_argument("--gan_model", default="main", choices=GAN_MODELS,
                  help="the GAN step's G: 'main' is configs/gan.py's GPT-2 (2 x 128, d_ff 512; vocabulary --vocab or "
-                      "10000, PTB's words); 'size' is the --size preset (e.g. GPT-2 small). D is always configs/gan.py's "
-                      "CNN and the loss its minimax (eq. 4-5)")
+                      "10000, PTB's words); 'size' is the --size preset (e.g. GPT-2 small). D is always "
+                      "configs/gan.py's CNN and the loss its minimax (eq. 4-5)")
   p.add_argument("--encoder", default="size", choices=ENCODERS,
                  help="GAN-BERT's encoder: 'minilm' is the bundled all-MiniLM-L6-v2 (hf_bert.default_encoder_dir(), "
                       "its weights, offline), 'size' a random BERT of the --size preset's widths")
@@ -104,6 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "together do not fit in memory")
   p.add_argument("--parallel_setup", action="store_true",
                  help="smoke runs: set workers up concurrently (their compile times then overlap and mean little)")
+  p.add_argument("--fast_compile", action="store_true",
+                 help="smoke runs: our GAN and GAN-BERT steps compiled at XLA -O0 (training.FAST_COMPILE; slower "
+                      "steps)")
   p.add_argument("--verbose", action="store_true", help="show the workers' stderr")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -305,7 +317,8 @@ class OursGAN(JaxWorker):
     self.rng = jax.random.key(1)
     _, _, train_step = gan.make_steps(cfg, gen_cfg.latent_dim, mesh)
     self.count_flops(train_step, self.state, self.batch, self.rng)
-    jitted = training.jit_step(train_step, mesh, shardings, {"real": shd.batch_sharding(mesh, 3)})
+    jitted = training.jit_step(train_step, mesh, shardings, {"real": shd.batch_sharding(mesh, 3)},
+                               compiler_options=training.FAST_COMPILE if args.fast_compile else None)
     self.fn = self.compile(jitted, self.state, self.batch, self.rng)
     self.info.update(tokens_per_step=args.batch * args.gan_len, flops_source=JAXPR_FLOPS,
                      note=_gan_note(args, lm_cfg))
@@ -367,8 +380,11 @@ class OursGanBert(JaxWorker):
     self.count_flops(d_step, self.state, self.batch, self.rng)
     self.count_flops(g_step, self.state, self.batch, self.rng)
     batch_sh = {k: shd.batch_sharding(mesh, v.ndim) for k, v in self.batch.items()}
-    self.d = self.compile(training.jit_step(d_step, mesh, shardings, batch_sh), self.state, self.batch, self.rng)
-    self.g = self.compile(training.jit_step(g_step, mesh, shardings, batch_sh), self.state, self.batch, self.rng)
+    options = training.FAST_COMPILE if args.fast_compile else None
+    self.d = self.compile(training.jit_step(d_step, mesh, shardings, batch_sh, compiler_options=options),
+                          self.state, self.batch, self.rng)
+    self.g = self.compile(training.jit_step(g_step, mesh, shardings, batch_sh, compiler_options=options),
+                          self.state, self.batch, self.rng)
     self.info.update(tokens_per_step=args.batch * args.seq, flops_source=JAXPR_FLOPS,
                      labeled_rows=int((batch["labels"] >= 0).sum()),
                      note=_ganbert_note(args, bert_cfg, int((batch["labels"] >= 0).sum())))
@@ -879,8 +895,8 @@ def _peer_unavailable(peer: str) -> str | None:
 
 
 # The flags the driver passes on to its workers.
-FORWARDED = ("size", "batch", "seq", "variants", "gan_len", "gan_model", "encoder", "warmup", "vocab", "dropout", "lr", "weight_decay",
-             "grad_clip", "peak_n", "threads")
+FORWARDED = ("size", "batch", "seq", "variants", "gan_len", "gan_model", "encoder", "warmup", "vocab", "dropout", "lr",
+             "weight_decay", "grad_clip", "peak_n", "threads", "fast_compile")
 
 
 def run(args) -> dict:
@@ -911,7 +927,8 @@ def run(args) -> dict:
     phases = [[name] for phase in phases for name in phase]
   # bf16 workers are measured against the bf16 matmul peak, a second peak worker in the same rounds.
   any_bf16 = any(precision(name, args.variant_list[0]) == "bf16" for phase in phases for name in phase)
-  argv = [f"--{k}={getattr(args, k)}" for k in FORWARDED]
+  argv = [f"--{k}" if getattr(args, k) is True else f"--{k}={getattr(args, k)}" for k in FORWARDED
+          if getattr(args, k) is not False]
   samples: dict[str, list[float]] = {}
   cpu: dict[str, list[float]] = collections.defaultdict(list)
   with tempfile.TemporaryDirectory(prefix="jaxtextgan_bench_") as log_dir:

@@ -12,6 +12,7 @@ SetFit's venv (README, "GAN-BERT against the alternatives"):
 
 import json
 import sys
+import tempfile
 
 
 def main(request_path: str, answer_path: str) -> None:
@@ -22,9 +23,11 @@ def main(request_path: str, answer_path: str) -> None:
   model = SetFitModel.from_pretrained(req["model_dir"], local_files_only=True)
   model.model_body.max_seq_length = int(req["max_len"])
   train = Dataset.from_dict({"text": req["train_texts"], "label": req["train_labels"]})
-  args = TrainingArguments(batch_size=int(req["batch_size"]), max_steps=int(req["steps"]), num_epochs=1,
-                           seed=int(req["seed"]), report_to="none", show_progress_bar=False)
-  Trainer(model=model, args=args, train_dataset=train).train()
+  with tempfile.TemporaryDirectory() as tmp:  # SetFit's Trainer writes checkpoints; keep them out of the caller's cwd
+    args = TrainingArguments(output_dir=tmp, save_strategy="no", batch_size=int(req["batch_size"]),
+                             max_steps=int(req["steps"]), num_epochs=1, seed=int(req["seed"]), report_to="none",
+                             show_progress_bar=False)
+    Trainer(model=model, args=args, train_dataset=train).train()
   predictions = [int(p) for p in model.predict(req["test_texts"], batch_size=64)]
   with open(answer_path, "w", encoding="utf-8") as f:
     json.dump({"predictions": predictions}, f)

@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.finetune_optimizer = ml_collections.ConfigDict(dict(
     lr=3e-4, warmup_steps=0, end_lr_fraction=0.1, schedule="cosine", b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.1,
     grad_clip_norm=1.0))
-  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=16))  # jaxtextgan.evaluation
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=0))  # jaxtextgan.evaluation
   c.sample = ml_collections.ConfigDict(dict(num=16, length=32, temperature=1.0, top_k=0, top_p=1.0, seed=0))
 
   # The sub-runs, built from this config's fields by reference, so an override of data, seed, ... reaches them:

@@ -52,8 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
     loss="dfine", eps=1e-7, dropout=0.0, runs=("initial:disc", "initial:nodisc"), steps=200, log_every=25,
     checkpoint_every=100, probe_every=0, valid_every=0, optimizer=optimizer(1e-4, schedule="constant", clip=0.25)))
   c.perturb = ml_collections.ConfigDict(dict(enabled=False, rank=60, bias=-20.0))
-  # Validation and test numbers on the contiguous stream by sliding windows (context 17-32 tokens; evaluation.py).
-  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=16))
+  # Validation and test numbers on the contiguous stream by sliding windows, stride 0 = seq_len // 2 = 16 (context
+  # 17-32 tokens; jaxtextgan.evaluation).
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=0))
   c.report = ml_collections.ConfigDict(dict(title="LM fine-tuning with a discriminator: PTB, Table 2 style",
                                             markdown="results/dfine_ptb.md", figure="", frequent=50))
   return c

@@ -62,16 +62,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Evaluation of G: `num` samples before and after the GAN phase, scored against held-out (valid) sentences;
   # nll_test: also G's NLL on the test split (its LM likelihood of real text).
-  # perplexity/stride: NLL-test of G's LM on the test stream by sliding windows (jaxtextgan.evaluation); a trigram
-  # source always uses its blocks (independent sentences, exact).
+  # perplexity/stride: NLL-test of G's LM on the test stream by sliding windows (stride 0: seq_len // 2;
+  # jaxtextgan.evaluation); a trigram source always uses its blocks (independent sentences, exact).
   c.eval = ml_collections.ConfigDict(dict(batch_size=64, max_references=1000, nll_test=True, perplexity="sliding",
-                                          stride=16))
+                                          stride=0))
   c.sample = ml_collections.ConfigDict(dict(num=300, seed=0))
   # After the before/after table: a short quality-diversity frontier (jaxtextgan/frontier.py), the MLE G against the
   # GAN's G, each sampled at every temperature T (softmax(logits / T)): BLEU-5 vs Self-BLEU-5 on text (NLL-oracle vs
   # G's NLL-test at T on the trigram oracle), and G's own NLL of test sentences at T over `num_z` latents.
-  # temperatures=() skips it; max_test caps the test sentences scored (0: all). num_samples is sample.num, so the GAN's
-  # point at T = 1 is the "after GAN" sample set (same key, count and BLEU references).
-  c.frontier = ml_collections.ConfigDict(dict(temperatures=(0.8, 1.0, 1.2), num_samples=0, num_z=4, max_test=0))
+  # temperatures=() skips it; max_test: the first 1000 test sentences are scored (0: all; this keeps it in the
+  # budget). num_samples is sample.num, so the GAN's point at T = 1 is the "after GAN" sample set (same key, count and
+  # BLEU references).
+  c.frontier = ml_collections.ConfigDict(dict(temperatures=(0.8, 1.0, 1.2), num_samples=0, num_z=4, max_test=1000))
   c.frontier.num_samples = c.sample.get_ref("num")
   return c

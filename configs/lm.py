@@ -34,8 +34,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
                                            keep_checkpoints=2))
   c.optimizer.total_steps = c.train.get_ref("steps")
   # Perplexity scores every token of the valid/test stream once (jaxtextgan.evaluation): sliding windows of seq_len
-  # targets, each scoring its last `stride` (context 33-64 tokens; about 2x the cost of "blocks", the non-overlapping
-  # blocks whose first token is never scored and whose mean context is ~32).
-  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=32))
+  # targets, each scoring its last `stride` (0: seq_len // 2 = 32, context 33-64 tokens; about 2x the cost of
+  # "blocks", the non-overlapping blocks whose first token is never scored and whose mean context is ~32).
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=0))
   c.sample = ml_collections.ConfigDict(dict(num=16, length=40, temperature=1.0, top_k=0, top_p=0.95, seed=0))
   return c

@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     lr=2e-3, warmup_steps=60, end_lr_fraction=0.05, schedule="cosine", b1=0.9, b2=0.98, eps=1e-8,
     weight_decay=0.1, grad_clip_norm=1.0))
   c.train = ml_collections.ConfigDict(dict(log_every=100, eval_every=0, checkpoint_every=300, keep_checkpoints=1))
-  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=12))  # jaxtextgan.evaluation
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64, perplexity="sliding", stride=0))  # jaxtextgan.evaluation
   c.sample = ml_collections.ConfigDict(dict(num=8, length=24, temperature=1.0, top_k=0, top_p=1.0, seed=0))
   c.lm12 = _lm_run(c, n_layer=12, steps=600)
   c.lm24 = _lm_run(c, n_layer=24, steps=600)

@@ -118,8 +118,8 @@ def window_batches(tokens_N: np.ndarray, window: int, stride: int, batch_size: i
 
 
 def options(eval_cfg) -> tuple[int, str, int]:
-  """(batch_size, method, stride) of an `eval` config block (`perplexity` default 'sliding', `stride` 0 = W // 4),
-  or of a bare batch size (the defaults)."""
+  """(batch_size, method, stride) of an `eval` config block (`perplexity` default 'sliding', `stride` default 0 =
+  half the window, W // 2), or of a bare batch size (the defaults)."""
   if isinstance(eval_cfg, (int, np.integer)):
     return int(eval_cfg), "sliding", 0
   method = str(eval_cfg.get("perplexity", "sliding"))
@@ -146,7 +146,7 @@ def batches(data, split: str, eval_cfg) -> tuple[Iterable[dict], dict[str, int]]
   window = int(np.shape(blocks)[1]) - 1
   if method == "blocks" or stream is None:
     return block_batches(blocks, batch_size), {"window": window, "stride": 0}
-  stride = stride or max(1, window // 4)
+  stride = stride or max(1, window // 2)
   return window_batches(stream, window, stride, batch_size), {"window": window, "stride": stride}
 
 

@@ -13,10 +13,12 @@ draw, so a hard sample is an exact draw at T), and each (generator, T) is one po
 p_{G_T}(x) is G's own likelihood at T, z included (`objectives.gan.sequence_nll`, a Monte Carlo estimate over K
 latents, exact for the MLE G whose latent projection is 0). Lower is better on both trigram axes and on Self-BLEU.
 
-"Ahead at matched diversity": on the diversity range both curves cover, each curve's quality is interpolated
-linearly in the diversity (its points sorted by diversity), and the curves are compared at 101 evenly spaced
-diversities; a curve also Pareto-dominates a point of the other when one of its points is at least as good on both
-axes and better on one.
+"Ahead at matched diversity": each curve's frontier is its own Pareto-efficient points (no other point of the same
+curve at least as good on both axes and better on one), sorted by diversity and joined linearly. NLL-test is not
+monotone in T (it is lowest near T = 1 and rises both ways), so the hot points, whose quality and diversity are both
+worse than a colder point's, drop out. On the diversity range both frontiers cover, the curves are compared at 101
+evenly spaced diversities. Pareto counts compare whole curves: a point of one is dominated when a point of the other
+is at least as good on both axes and better on one.
 """
 
 from __future__ import annotations
@@ -150,6 +152,19 @@ def curve(rows: Sequence[dict], name: str, axes: Axes) -> tuple[np.ndarray, np.n
   return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
 
+def _dominates(xb, yb, x, y, axes: Axes) -> np.ndarray:
+  """Which points (xb, yb) are at least as good as (x, y) on both axes and better on one."""
+  no_worse = (xb <= x) & ((yb <= y) if axes.y_lower_is_better else (yb >= y))
+  return no_worse & ((xb < x) | (yb != y))
+
+
+def efficient(rows: Sequence[dict], name: str, axes: Axes) -> tuple[np.ndarray, np.ndarray]:
+  """(x, y) of `name`'s Pareto-efficient points, sorted by x: its frontier."""
+  x, y = curve(rows, name, axes)
+  keep = np.array([not np.any(_dominates(x, y, xi, yi, axes)) for xi, yi in zip(x, y)])
+  return x[keep], y[keep]
+
+
 def _better(a, b, lower: bool):
   return a < b if lower else a > b
 
@@ -158,27 +173,23 @@ def pareto_dominated(rows: Sequence[dict], name: str, by: str, axes: Axes) -> in
   """How many of `name`'s points some point of `by` Pareto-dominates (x no higher, y no worse, one strictly)."""
   xa, ya = curve(rows, name, axes)
   xb, yb = curve(rows, by, axes)
-  count = 0
-  for x, y in zip(xa, ya):
-    no_worse = (xb <= x) & ((yb <= y) if axes.y_lower_is_better else (yb >= y))
-    strictly = (xb < x) | (yb != y)
-    count += bool(np.any(no_worse & strictly))
-  return count
+  return sum(bool(np.any(_dominates(xb, yb, x, y, axes))) for x, y in zip(xa, ya))
 
 
 def compare(rows: Sequence[dict], a: str, b: str, axes: Axes, points: int = 101) -> dict:
-  """`a` against `b` at matched diversity (module docstring).
+  """`a` against `b` at matched diversity, on their Pareto-efficient frontiers (module docstring).
 
   Returns {overlap: (lo, hi) or None, a_ahead, b_ahead: fractions of the overlap grid where each has the better
   interpolated quality, max_gap: the largest |y_a - y_b| there (positive: in a's favour at that x),
   a_dominated, b_dominated: Pareto-dominated point counts, verdict: one sentence}.
   """
-  xa, ya = curve(rows, a, axes)
-  xb, yb = curve(rows, b, axes)
+  xa, ya = efficient(rows, a, axes)
+  xb, yb = efficient(rows, b, axes)
   lo, hi = max(xa.min(), xb.min()), min(xa.max(), xb.max())
   out = {"a": a, "b": b, "a_dominated": pareto_dominated(rows, a, b, axes),
-         "b_dominated": pareto_dominated(rows, b, a, axes), "points": (len(xa), len(xb))}
-  pareto = f"Pareto-dominated points: {a} {out['a_dominated']}/{len(xa)}, {b} {out['b_dominated']}/{len(xb)}"
+         "b_dominated": pareto_dominated(rows, b, a, axes), "efficient_points": (len(xa), len(xb))}
+  na, nb = (sum(r["generator"] == g for r in rows) for g in (a, b))
+  pareto = f"Pareto-dominated points: {a} {out['a_dominated']}/{na}, {b} {out['b_dominated']}/{nb}"
   if not hi > lo:
     out.update(overlap=None, a_ahead=0.0, b_ahead=0.0, max_gap=0.0, intervals=[],
                verdict=(f"{a} ({axes.x} {xa.min():.3f}..{xa.max():.3f}) and {b} ({xb.min():.3f}..{xb.max():.3f}) "

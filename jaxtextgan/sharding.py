@@ -111,6 +111,19 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """Keeps a value made inside a step batch-major over ('data', 'fsdp') on the mesh the step is traced under.
+
+  Without it XLA may replicate activations whose producers are fsdp-sharded weights, so that every device holds the
+  whole global batch's activations (results/tpu.md: 34.7 GB instead of 4.3 per v5e chip for gpt2_24l). Outside a
+  mesh (eager use, notebooks, single-device helpers) it is the identity.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "data" not in mesh.axis_names or "fsdp" not in mesh.axis_names:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(("data", "fsdp"), *([None] * (x.ndim - 1))))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -138,7 +138,12 @@ def jit_step(step_fn, mesh: Mesh, state_shardings, batch_shardings, *, frozen_sh
   if key not in _JITTED:
     rep = NamedSharding(mesh, jax.sharding.PartitionSpec())
     middle = (batch_shardings, rep) if frozen_shardings is None else (frozen_shardings, batch_shardings, rep)
-    _JITTED[key] = jax.jit(step_fn, in_shardings=(state_shardings, *middle), out_shardings=(state_shardings, rep),
+
+    def on_mesh(*args):  # traced under the mesh, so the model's `sharding.constrain_batch` knows its axes
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return step_fn(*args)
+
+    _JITTED[key] = jax.jit(on_mesh, in_shardings=(state_shardings, *middle), out_shardings=(state_shardings, rep),
                            donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
   return _JITTED[key]
 

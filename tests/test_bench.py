@@ -101,7 +101,7 @@ def test_tiny_gan_and_ganbert_peers(tmp_path):
   out = tmp_path / "bench.json"
   cmd = [sys.executable, "-m", "benchmarks.bench", "--size=tiny", "--vocab=64", "--batch=4", "--seq=8",
          "--gan_len=4", "--gan_model=size", "--steps=1", "--warmup=1", "--peak_n=128", "--threads=1", "--peers=torch",
-         "--objectives=gan,ganbert", "--parallel_setup", f"--json={out}"]
+         "--objectives=gan,ganbert", "--parallel_setup", "--fast_compile", f"--json={out}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())
@@ -109,7 +109,8 @@ def test_tiny_gan_and_ganbert_peers(tmp_path):
   assert set(results) == {"peak:matmul", "jaxtextgan:gan", "torch:gan", "jaxtextgan:ganbert", "torch:ganbert"}
   for name, r in results.items():
     assert r["status"] == "ok", (name, r)
-    assert r["timed_steps"] == 1 and r["step_seconds_median"] > 0
+    # The peak worker stays for the rounds of both phases.
+    assert r["timed_steps"] == (2 if name == "peak:matmul" else 1) and r["step_seconds_median"] > 0
     if name != "peak:matmul":
       assert r["tokens_per_second"] > 0 and 0 < r["mfu"] < 1, (name, r)
   # Both sides of a pair do the same work: the same tokens per step and (credited) the same FLOPs.

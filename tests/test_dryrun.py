@@ -100,6 +100,7 @@ def test_ganbert_dry_run_compiles_both_methods_from_the_encoder_config(tmp_path)
   config = load_config(REPO / "configs" / "ganbert.py")
   config.mesh_shape = (1, 2, 4)
   config.mode = "experiment"
+  config.experiment.methods = ("ganbert", "baseline")  # the two Stage kinds (the other methods reuse them)
   config.data.update(dict(source="files", label_names="a,b,c", batch_size=8, max_len=16))
   config.eval.batch_size = 8
   config.model.encoder_dir = str(_tiny_bert_dir(tmp_path))

@@ -158,6 +158,6 @@ def test_block_method_and_corpus(model, mesh):
                           streams={"test": BLOCKS.ravel()})
   assert evaluation.batches(trigram, "test", 4)[1] == {"window": 8, "stride": 0}
   text = corpus.Corpus(blocks={"test": BLOCKS}, vocab_size=32, tokenizer_spec="", streams={"test": BLOCKS.ravel()})
-  assert evaluation.batches(text, "test", 4)[1] == {"window": 8, "stride": 2}
+  assert evaluation.batches(text, "test", 4)[1] == {"window": 8, "stride": 4}
   with pytest.raises(InputError, match="eval.stride"):
     evaluation.perplexity(graphdef, params, data, "test", dict(batch_size=4, stride=9), mesh)

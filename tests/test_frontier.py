@@ -129,3 +129,12 @@ def test_sweep_scores_every_generator_at_every_temperature(tmp_path):
   frontier.plot({"seed 0": rows}, frontier.ORACLE_AXES, tmp_path / "f.png")
   assert (tmp_path / "f.png").stat().st_size > 0
   assert "| a | 0.50 |" in frontier.table(rows)
+
+
+def test_hot_points_worse_on_both_axes_leave_the_frontier():
+  """NLL-test is lowest near T = 1 and rises both ways: a hot point worse on both axes than T = 1 is not on the
+  curve's frontier, so it cannot make the curve zig-zag in the matched comparison."""
+  rows = _rows("a", [3.0, 2.8, 2.9], [2.0, 2.8, 3.1])  # T = 0.8, 1.0, 1.2
+  x, y = frontier.efficient(rows, "a", frontier.ORACLE_AXES)
+  np.testing.assert_array_equal(x, [2.8, 3.0])
+  np.testing.assert_array_equal(y, [2.8, 2.0])

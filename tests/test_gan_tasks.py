@@ -222,6 +222,7 @@ def test_table1_tiny_writes_the_table_with_all_rows(tmp_path):
   c.lm12.train.steps = c.lm24.train.steps = 6
   c.train.update(dict(log_every=3, checkpoint_every=0))
   c.eval.batch_size = 32
+  c.eval.stride = 5  # sliding-window perplexity: the stride may not exceed data.seq_len = 10
   c.sample.update(dict(num=2, length=4))
   c.gan.discriminator.update(dict(kind="cnn", d_model=8, widths=(2,), filters=4, dropout=0.0))
   c.gan.gan.update(dict(steps=4, batch_size=8, log_every=2, checkpoint_every=0, fast_compile=True))

@@ -161,7 +161,9 @@ def test_experiment_writes_report_and_keeps_notes(assets, tmp_path):
   curve = runs["ganbert", 0]["adversarial"]  # [step, p(fake) real, p(fake) G(z), L_G,fm, L_D,sup] per log
   assert [p[0] for p in curve] == [1, 2, 3] and all(0 < p[1] < 1 and 0 < p[2] < 1 and p[3] >= 0 for p in curve)
   report = (tmp_path / "report.md").read_text()
-  assert "| split | 6 | GAN-BERT | 3 |" in report and report.count("| split | 0 |") + report.count("| split | 1 |") == 10
+  assert "| split | 6 | GAN-BERT | 3 |" in report
+  # 5 runs and 3 adversarial rows (first, middle, last logged step of GAN-BERT) per seed.
+  assert report.count("| split | 0 |") == report.count("| split | 1 |") == 5 + 3
   assert "## Verdict" in report and "best accuracy:" in report and "Does the adversarial part work?" in report
   assert "C chosen by k-fold cross-validation on the labeled rows only" in report
   assert (tmp_path / "fig.png").stat().st_size > 1000
@@ -290,3 +292,18 @@ def test_predict_bad_inputs(tmp_path):
   lines = err.getvalue().splitlines()
   assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
   assert "no trained classifier" in lines[0] and "no texts" in lines[1] and "does not exist" in lines[2]
+
+
+def test_report_says_who_wins_and_when_it_is_partial():
+  """The verdict names the best method and GAN-BERT's gap to it; a report of fewer runs than planned says so."""
+  from jaxtextgan.reports import ganbert as report
+  config = _config_module().get_config("trec_experiment")
+  config.experiment.methods = ("ganbert", "finetune")
+  rows = [{"method": m, "seed": s, "data": "d", "n_labeled": 10, "accuracy": acc + 0.01 * s, "macro_f1": acc / 2,
+           "wall_seconds": 1.0, "steps": 5} for m, acc in (("ganbert", 0.40), ("finetune", 0.50)) for s in (0, 1)]
+  text = report.render(config, rows, report.summarize(rows), "cmd")
+  assert "Partial: 4 of the 6 planned runs" in text
+  assert ("best accuracy: fine-tune (labeled only, GAN-BERT's steps) (0.5050); GAN-BERT is 10.0 points below it"
+          in text)
+  config.experiment.seeds = (0, 1)
+  assert "Partial" not in report.render(config, rows, report.summarize(rows), "cmd")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtextgan import sharding as shd
 from jaxtextgan.models import layers
 
 Array = jax.Array
@@ -245,12 +246,14 @@ class GPT2(nnx.Module):
     if cfg.remat:
       apply = jax.checkpoint(apply, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False,
                              static_argnums=(0,))
+    x_BTD = shd.constrain_batch(x_BTD)
     if cfg.scan_layers:
       graphdef, block_state = nnx.split(self.blocks)
 
       def body(x, xs):
         state, key, layer_cache = xs
-        return apply(graphdef, x, state, key, layer_cache)
+        x, layer_cache = apply(graphdef, x, state, key, layer_cache)
+        return shd.constrain_batch(x), layer_cache
 
       x_BTD, new_cache = jax.lax.scan(body, x_BTD, (block_state, layer_keys, cache))
       return self.norm_f(x_BTD), new_cache
@@ -259,6 +262,7 @@ class GPT2(nnx.Module):
       layer_cache = None if cache is None else {name: c[i] for name, c in cache.items()}
       x_BTD = _layer_boundary(x_BTD)
       x_BTD, layer_cache = apply(graphdef, x_BTD, state, layer_keys[i], layer_cache)
+      x_BTD = shd.constrain_batch(x_BTD)
       if cache is not None:  # written in place into the (L, B, S, H, K) cache: no per-step re-stacking
         cache = {name: cache[name].at[i].set(c) for name, c in layer_cache.items()}
     return self.norm_f(x_BTD), cache

@@ -79,7 +79,8 @@ def winners(summary: Sequence[dict]) -> list[str]:
 def adversarial_lines(rows: Sequence[dict]) -> list[str]:
   """D's p(fake) on real rows and on G's vectors, and G's feature-matching distance, at the start, middle and end
   of each GAN-BERT run (logged every train.log_every steps)."""
-  lines = ["| labeled | seed | step | p(fake) real | p(fake) G(z) | L_G,fm | L_D,sup |", "|---|---:|---:|---:|---:|---:|---:|"]
+  lines = ["| labeled | seed | step | p(fake) real | p(fake) G(z) | L_G,fm | L_D,sup |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
   for row in rows:
     curve = row.get("adversarial") or []
     if not curve:
@@ -103,6 +104,17 @@ def write_report(config, rows: Sequence[dict], command: str) -> None:
     plot_experiment(summary, rows, pathlib.Path(exp.figure), exp.title or rows[0]["data"])
 
 
+def partial(config, rows: Sequence[dict]) -> list[str]:
+  """A warning while the experiment has fewer finished runs than fractions x seeds x methods."""
+  exp = config.experiment
+  planned = max(1, len(exp.fractions)) * len(exp.seeds) * len(exp.methods)
+  if len(rows) >= planned:
+    return []
+  return [f"**Partial: {len(rows)} of the {planned} planned runs have finished** (methods "
+          f"{', '.join(exp.methods)}; seeds {', '.join(map(str, exp.seeds))}). Running the command again continues "
+          "the experiment; until then the verdict covers only the methods and seeds listed below.", ""]
+
+
 def render(config, rows: Sequence[dict], summary: Sequence[dict], command: str) -> str:
   exp, data_cfg, opt, model = config.experiment, config.data, config.optimizer, config.model
   first = rows[0]
@@ -116,6 +128,7 @@ def render(config, rows: Sequence[dict], summary: Sequence[dict], command: str) 
     f"Wall time: {sum(row['wall_seconds'] for row in rows) / 60:.1f} min summed over the {len(rows)} runs. Machine: "
     f"{os.cpu_count()} CPU cores shared with other jobs; the 1-minute load average at the start and end of each "
     f"run is listed (above {os.cpu_count()}: oversubscribed).", "",
+    *partial(config, rows),
     "## Verdict", "", *[f"- {w}" for w in winners(summary)], "",
     "## Setup", "",
     f"- Encoder: {encoder}, pooling `{model.pooling}`{frozen}. All methods see the same splits and seeds.",

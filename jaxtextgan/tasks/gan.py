@@ -278,9 +278,9 @@ def _select_lm(g_graphdef, g_params):
 
 class GeneratorEval:
   """Samples G and scores the samples: BLEU-2..5 vs held-out sentences, Self-BLEU, distinct-n, NLL-oracle for the
-  trigram source, and `nll_test`: the test NLL of G's GPT-2 read as a plain LM (blocks from the corpus stream, no z,
-  temperature 1, no forbidden ids), which is not G's likelihood; G's own, at its sampling temperature, is the
-  frontier's (`jaxtextgan.frontier`)."""
+  trigram source, and `nll_test`: the test NLL of G's GPT-2 read as a plain LM (`evaluation.perplexity` of the test
+  split: no z, temperature 1, no forbidden ids), which is not G's likelihood; G's own, at its sampling temperature,
+  is the frontier's (`jaxtextgan.frontier`)."""
 
   def __init__(self, run: common.Run, cfg, data: corpus.Corpus, gan_cfg: gan.GANConfig, gen_cfg, g_graphdef):
     self.run, self.cfg, self.data, self.gen_cfg = run, cfg, data, gen_cfg

@@ -83,7 +83,8 @@ def report(config, by_run: dict[str, list[dict]], wall: float) -> str:
   """Markdown: per source, the comparisons (per seed and on the mean over seeds) and the tables."""
   f = config.frontier
   lines = ["# Quality-diversity frontiers: MLE G against G after minimax and WGAN-GP (issue 15)", "",
-           f"`python -m jaxtextgan.main --config=configs/gan_frontier.py` ({wall:.0f} s on this machine). "
+           f"`python -m jaxtextgan.main --config=configs/gan_frontier.py` (this invocation {wall:.0f} s; a (source, "
+           "seed) whose GAN runs and sweep are in the workdir is read back, not run again). "
            f"Each point: {f.num_samples} samples at temperature T (softmax(logits / T)), T in "
            f"{tuple(f.temperatures)}; NLL-test of G at T over {f.num_z} latents (jaxtextgan/frontier.py states the "
            "math). Diversity is the x axis, quality the y axis; lower is better on both trigram axes.", ""]

@@ -170,7 +170,7 @@ def ganbert_stage(config, bert_cfg: bert.BertConfig, cfg: ganbert.GanBertConfig,
                                  tuple(sorted(g_opt.items())) if g_opt else None, mesh)
   b, t = config.data.batch_size, config.data.max_len
   return stage.Stage(
-    name=cfg.method, init=make_state, steps=steps, num_steps=num_steps, seed=seed, rng_seed=seed + 1,
+    name=options.pop("name", cfg.method), init=make_state, steps=steps, num_steps=num_steps, seed=seed, rng_seed=seed + 1,
     batch_spec=stage.int_batch(input_ids=(b, t), attention_mask=(b, t), labels=(b,)),
     log_every=config.train.log_every, keep=config.train.keep_checkpoints,
     compiler_options=training.FAST_COMPILE if config.train.fast_compile else None, **options)
@@ -184,8 +184,9 @@ def dry_run_stages(config, mesh) -> list[stage.Stage]:
   check_config(config)
   bert_cfg = encoder_config(config.model, config.data.max_len)
   k = cls_data.num_classes(config.data)
-  methods = tuple(config.experiment.methods) if config.mode == "experiment" else (config.method,)
-  return [ganbert_stage(config, bert_cfg, model_config(config.model, k, method), mesh,
+  methods = (tuple(m for m in config.experiment.methods if m in TRAINED) if config.mode == "experiment"
+             else (config.method,))
+  return [ganbert_stage(config, bert_cfg, model_config(config.model, k, method), mesh, name=method,
                         num_steps=max(int(config.train.steps), 1), seed=config.seed, batches=None, directory=None)
           for method in methods]
 
