@@ -16,6 +16,7 @@ from jaxtextgan import checkpoint, loop
 from jaxtextgan.data import trigram
 from jaxtextgan.errors import InputError, Preempted
 from jaxtextgan.tasks import augment as augment_task
+from jaxtextgan.reports import gan as gan_report
 from jaxtextgan.tasks import gan as gan_task
 from jaxtextgan.tasks import table1 as table1_task
 
@@ -100,7 +101,7 @@ def test_the_run_ends_with_a_short_frontier_of_g_before_and_after_the_gan(finish
   (before_at_1,) = [r for r in f["rows"] if r["generator"] == "initial G" and r["temperature"] == 1.0]
   assert before_at_1["nll_oracle"] == pytest.approx(results["before"]["nll_oracle"])
   assert (workdir / "frontier.png").exists()
-  assert f["comparison"]["verdict"] in gan_task.summary(results)
+  assert f["comparison"]["verdict"] in gan_report.summary(results)
 
 
 def test_wgan_gp_on_the_trigram_oracle_lowers_nll_oracle(tmp_path):

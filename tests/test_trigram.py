@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxtextgan.data import trigram
+from jaxtextgan.data import word_stats
 from jaxtextgan.data.trigram import TrigramLM
 from jaxtextgan.errors import InputError
 
@@ -137,10 +137,10 @@ def test_paper_corpus_statistics(paper_lm, paper_corpus):
   """
   train, test = paper_corpus["train"], paper_corpus["test"]
   assert train.shape == (80_000, 10) and paper_corpus["valid"].shape == (10_000, 10) and test.shape == (10_000, 10)
-  shares = trigram.rank_group_shares(train, (50, 100))
+  shares = word_stats.rank_group_shares(train, (50, 100), paper_lm.vocab_size)
   np.testing.assert_allclose(shares, [0.705, 0.147, 0.148], atol=0.02)
   frequent = paper_lm.frequent_ids(train)
-  table1 = trigram.split_perplexity(paper_lm.log_prob(test), test, frequent)
+  table1 = word_stats.split_perplexity(paper_lm.log_prob(test), test, frequent)
   assert table1["ppl"] == pytest.approx(78.14, rel=0.05)
   assert table1["frequent_ppl"] == pytest.approx(29.74, rel=0.05)
   assert table1["rare_ppl"] == pytest.approx(766.53, rel=0.10)
@@ -174,16 +174,16 @@ def test_lm_blocks_line_up_with_contexts(paper_lm):
 
 def test_frequency_helpers_hand_values():
   tokens = np.array([[2, 2, 2, 0], [1, 1, 0, 2], [5, 5, 5, 5]])  # counts: 0:2, 1:2, 2:4, 5:4
-  np.testing.assert_array_equal(trigram.word_ranking(tokens, 6), [2, 5, 0, 1, 3, 4])
-  np.testing.assert_array_equal(trigram.frequent_ids(tokens, 2, 6), [2, 5])
-  np.testing.assert_allclose(trigram.rank_group_shares(tokens, (1, 2), 6), [4 / 12, 6 / 12, 2 / 12])
+  np.testing.assert_array_equal(word_stats.word_ranking(tokens, 6), [2, 5, 0, 1, 3, 4])
+  np.testing.assert_array_equal(word_stats.frequent_ids(tokens, 2, 6), [2, 5])
+  np.testing.assert_allclose(word_stats.rank_group_shares(tokens, (1, 2), 6), [4 / 12, 6 / 12, 2 / 12])
   log_p = np.log(np.array([[0.5, 0.25, 0.5, 0.1]]))
-  out = trigram.split_perplexity(log_p, np.array([[2, 0, 5, 1]]), frequent=[2, 5])
+  out = word_stats.split_perplexity(log_p, np.array([[2, 0, 5, 1]]), frequent=[2, 5])
   assert out["frequent_ppl"] == pytest.approx(2.0)
   assert out["rare_ppl"] == pytest.approx(math.sqrt(40))  # exp(-(log .25 + log .1) / 2)
   assert out["ratio"] == pytest.approx(math.sqrt(40) / 2)
   assert out["ppl"] == pytest.approx((0.5 * 0.25 * 0.5 * 0.1) ** -0.25)
-  mean, std = trigram.log_ratio_stats([[0.0, -1.0]], [[-1.0, -1.0]])
+  mean, std = word_stats.log_ratio_stats([[0.0, -1.0]], [[-1.0, -1.0]])
   assert (mean, std) == (pytest.approx(0.5), pytest.approx(0.5))
 
 

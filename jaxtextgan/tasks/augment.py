@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxtextgan import evaluation, sampling, stage
 from jaxtextgan.data import lm as lm_data
+from jaxtextgan.data import corpus
 from jaxtextgan.errors import InputError
 from jaxtextgan.objectives import gan, lm
 from jaxtextgan.tasks import common
@@ -111,29 +112,32 @@ def to_blocks(ids: np.ndarray, tokenizer, bos_id: int, path: pathlib.Path) -> np
 # --- fine-tuning arms ---------------------------------------------------------------------------------------------
 
 
-def arm_stage(run: common.Run, config, arm: str, lm_cfg, ft_opt: dict, base_params, train_blocks, blocks,
-              spec: str) -> stage.Stage:
+def arm_stage(run: common.Run, config, arm: str, lm_cfg, ft_opt: dict, base_params, train_blocks,
+              data: corpus.Corpus) -> stage.Stage:
   """Fine-tuning arm `arm`: the base LM trained on `train_blocks` in <workdir>/finetune_<arm> (resumable). Every
   arm starts from the same base parameters, batches seed and keys, so only the data differs."""
   splits = tuple(config.augment.splits)
   return lm_task.lm_stage(
     f"finetune_{arm}", run.workdir / f"finetune_{arm}", lm_cfg, ft_opt, train_blocks, batch_size=config.data.batch_size,
     seed=config.seed, rng_seed=config.seed + 11, num_steps=config.augment.steps,
-    meta={"tokenizer": spec, "objective": "lm", "arm": arm}, keep=1, log_every=config.augment.log_every,
+    meta={"tokenizer": data.tokenizer_spec, "objective": "lm", "arm": arm}, keep=1, log_every=config.augment.log_every,
     checkpoint_every=config.augment.checkpoint_every, desc=f"fine-tune [{arm}]",
     # A copy: the train step donates its state, and the next arm starts from the same base parameters.
     start=lambda s: s.replace(params=jax.tree.map(jnp.copy, base_params)),
-    evaluate=lambda s: lm_task.evaluate_splits(s, blocks, splits, config.eval.batch_size, run.mesh))
+    evaluate=lambda s: lm_task.evaluate_splits(s, data, splits, config.eval, run.mesh))
 
 
-def base_metrics(base_dir: pathlib.Path, splits, graphdef, base_params, blocks, batch_size: int, mesh) -> dict:
-  """The base LM's metrics: from its `tasks.lm` results.json when it has every split, else evaluated here."""
+def base_metrics(base_dir: pathlib.Path, splits, graphdef, base_params, data: corpus.Corpus, eval_cfg, mesh) -> dict:
+  """The base LM's metrics, measured as the arms' are: from its `tasks.lm` results.json when that has every split
+  by the same method (window and stride), else evaluated here."""
   saved = base_dir / "results.json"
   if saved.exists():
     previous = json.loads(saved.read_text())
-    if all(isinstance(previous.get(s), dict) and "perplexity" in previous[s] for s in splits):
+    method = {s: evaluation.batches(data, s, eval_cfg)[1] for s in splits}
+    if all(isinstance(previous.get(s), dict) and "perplexity" in previous[s]
+           and all(previous[s].get(k) == v for k, v in method[s].items()) for s in splits):
       return {s: previous[s] for s in splits}
-  return {s: evaluation.lm_metrics(graphdef, base_params, blocks[s], batch_size, mesh) for s in splits}
+  return {s: evaluation.perplexity(graphdef, base_params, data, s, eval_cfg, mesh) for s in splits}
 
 
 # --- report --------------------------------------------------------------------------------------------------------
@@ -216,11 +220,10 @@ def run(config, workdir) -> dict:
 
   # 4. Fine-tuning arms and the base LM, evaluated alike.
   arms = {"base": {"train_sequences": 0, **base_metrics(base_dir, config.augment.splits, graphdef, base_params,
-                                                        blocks, config.eval.batch_size, r.mesh)}}
+                                                        data, config.eval, r.mesh)}}
   for arm in ARMS:
     train_blocks = real if arm == "none" else np.concatenate([real, synthetic[arm]])
-    done = stage.run_stage(arm_stage(r, config, arm, lm_cfg, ft_opt, base_params, train_blocks, blocks, data.tokenizer_spec),
-                           r.mesh).done
+    done = stage.run_stage(arm_stage(r, config, arm, lm_cfg, ft_opt, base_params, train_blocks, data), r.mesh).done
     arms[arm] = {"step": done["step"], "train_sequences": int(len(train_blocks)), **done["eval"]}
   results = {"finished": True, "arms": arms, "splits": list(config.augment.splits), "synthetic": num,
              "ratio": config.augment.ratio, "temperature": temp, "steps": config.augment.steps,

@@ -30,7 +30,7 @@ from jaxtextgan import checkpoint, evaluation, stage, training, writers
 from jaxtextgan import tokenizers as tok
 from jaxtextgan.data import corpus
 from jaxtextgan.data import lm as lm_data
-from jaxtextgan.data import trigram as tg
+from jaxtextgan.data import word_stats
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import dfine
@@ -388,7 +388,7 @@ def _perturbation(p: Plan) -> int | None:
   if not 1 <= rank <= words:
     raise InputError(f"perturb.rank={rank} is out of range: use a frequency rank in [1, {words}] (the paper's "
                      "'almost frequent' words are ranks 51-150)")
-  return int(tg.word_ranking(p.data.blocks["train"][:, 1:], words)[rank - 1])
+  return int(word_stats.word_ranking(p.data.blocks["train"][:, 1:], words)[rank - 1])
 
 
 def _initial_lm(p: Plan, r: common.Run, init_lm, out: dict):

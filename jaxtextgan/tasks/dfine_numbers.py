@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxtextgan import evaluation, writers
 from jaxtextgan import sharding as shd
-from jaxtextgan.data import trigram as tg
+from jaxtextgan.data import word_stats
 from jaxtextgan.objectives import dfine
 
 if TYPE_CHECKING:
@@ -123,24 +123,24 @@ def table1(p: Plan, bases: dict, finetuned: dict, chosen: int | None) -> dict[st
   data, g = p.data, p.graphdefs
   words = data.vocab_size - 1
   train, test = data.blocks["train"][:, 1:], data.blocks["test"][:, 1:]
-  frequent = tg.frequent_ids(train, int(p.config.report.frequent), words)
+  frequent = word_stats.frequent_ids(train, int(p.config.report.frequent), words)
   models = []
   for base in bases:
     models.append((f"{base.capitalize()} model", base, g["lm"], bases[base]))
     models += [(f"{base.capitalize()} model {FT_LABELS[v]}", f"{b}:{v}", g["ft"], params)
                for (b, v), params in finetuned.items() if b == base]
-  rows = {"True distribution p": tg.split_perplexity(data.test_log_p, test, frequent)}
+  rows = {"True distribution p": word_stats.split_perplexity(data.test_log_p, test, frequent)}
   log_q = {}
   for label, key, graphdef, params in models:
     log_q[key] = test_log_probs(p, graphdef, params)
-    rows[label] = tg.split_perplexity(log_q[key], test, frequent)
-    rows[label]["logq_minus_logp_mean"], rows[label]["logq_minus_logp_std"] = tg.log_ratio_stats(
+    rows[label] = word_stats.split_perplexity(log_q[key], test, frequent)
+    rows[label]["logq_minus_logp_mean"], rows[label]["logq_minus_logp_std"] = word_stats.log_ratio_stats(
       log_q[key], data.test_log_p)
   out: dict[str, Any] = {"table1": rows}
   if chosen is not None:
     at = test == chosen
     gap = rows["Perturbed model"]["ppl"] - rows["Initial model"]["ppl"]
-    out.update(chosen_word=chosen, chosen_rank=int(np.nonzero(tg.word_ranking(train, words) == chosen)[0][0]) + 1,
+    out.update(chosen_word=chosen, chosen_rank=int(np.nonzero(word_stats.word_ranking(train, words) == chosen)[0][0]) + 1,
                chosen_bias=float(p.config.perturb.bias), chosen_count=int(at.sum()), gap=gap,
                q_chosen_mean={k: float(np.exp(log_q[k][at]).mean())
                               for k in (*bases, *(f"{b}:{v}" for b, v in finetuned))},

@@ -27,6 +27,7 @@ from jaxtextgan.models import discriminator as disc_lib
 from jaxtextgan.models import generator as gen_lib
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import gan
+from jaxtextgan.reports import gan as report
 from jaxtextgan.tasks import common
 from jaxtextgan.tasks import lm as lm_task
 
@@ -265,7 +266,7 @@ def pretrain_stage(run: common.Run | None, cfg, data: corpus.Corpus, lm_cfg: gpt
     data.blocks["train"], batch_size=cfg.data.batch_size, seed=cfg.seed, rng_seed=cfg.seed + 1,
     num_steps=cfg.pretrain.steps, meta={"tokenizer": data.tokenizer_spec, "objective": "lm"}, keep=1,
     log_every=cfg.pretrain.log_every, checkpoint_every=cfg.pretrain.checkpoint_every, desc="pretrain G (MLE)",
-    evaluate=lambda s: lm_task.evaluate_splits(s, data.blocks, ("valid",), cfg.eval.batch_size, mesh))
+    evaluate=lambda s: lm_task.evaluate_splits(s, data, ("valid",), cfg.eval, mesh))
 
 
 def _select_lm(g_graphdef, g_params):
@@ -366,45 +367,6 @@ def _warmup_step(d_step):
 
 # --- the run -----------------------------------------------------------------------------------------------------
 
-_SUMMARY_KEYS = (("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu4", "BLEU-4"), ("bleu5", "BLEU-5"),
-                 ("self_bleu3", "Self-BLEU-3 (lower = more diverse)"), ("self_bleu4", "Self-BLEU-4"),
-                 ("distinct1", "distinct-1"), ("distinct2", "distinct-2"), ("distinct3", "distinct-3"),
-                 ("length", "mean sentence length"), ("nll_test", "NLL-test of G's GPT-2 as an LM"),
-                 ("ppl_test", "test perplexity of G's GPT-2"), ("nll_oracle", "NLL-oracle (nats/token)"))
-
-
-def summary(results: dict) -> str:
-  """The lines a finished run prints (and prints again when re-run)."""
-  before, after = results["before"], results["after"]
-  lines = [f"GAN {results['loss']} on {results['source']}: G={results['generator']} "
-           f"(MLE pre-training {results['pretrain_steps']} steps), D={results['discriminator']}, "
-           f"{results['gan_steps']} GAN steps, {results['num_samples']} samples scored",
-           f"{'metric':<36}{'before GAN':>12}{'after GAN':>12}"]
-  for key, name in _SUMMARY_KEYS:
-    if key in before and key in after:
-      lines.append(f"{name:<36}{before[key]:>12.4f}{after[key]:>12.4f}")
-  if results.get("pretrain_valid"):
-    lines.append(f"G after MLE pre-training: valid perplexity {results['pretrain_valid']['perplexity']:.2f}")
-  lines.append(f"samples: {results['samples']}; wall time {results['wall_seconds']:.0f} s "
-               "(of the invocation that finished the run)")
-  if results.get("frontier"):
-    lines += frontier_lines(results["frontier"])
-  return "\n".join(lines)
-
-
-def frontier_lines(f: dict) -> list[str]:
-  """The short frontier's lines: one per (generator, T), then which generator is ahead at matched diversity."""
-  keys = [k for k in ("nll_oracle", "nll_test", "bleu5", "self_bleu5") if k in f["rows"][0]]
-  names = {"nll_oracle": "NLL-oracle", "nll_test": "NLL-test(G,T)", "bleu5": "BLEU-5", "self_bleu5": "Self-BLEU-5"}
-  lines = [f"frontier: {f['num_samples']} samples per point at T in {tuple(f['temperatures'])}; NLL-test(G,T) = G's "
-           f"own NLL of test sentences at T ({f['num_z']} latents); diversity {f['x']}, quality {f['y']}",
-           f"{'generator':<22}{'T':>6}" + "".join(f"{names[k]:>15}" for k in keys)]
-  for r in f["rows"]:
-    lines.append(f"{r['generator']:<22}{r['temperature']:>6.2f}" + "".join(f"{r[k]:>15.4f}" for k in keys))
-  lines.append(f["comparison"]["verdict"])
-  return lines
-
-
 def initial_g_params(cfg, s: Setup, lm_params):
   """G before any GAN step: the GAN stages' initial state (key cfg.seed + 2) with G's LM injected, as `run`'s
   `start` builds it (the D warm-up only reads G)."""
@@ -418,7 +380,8 @@ def short_frontier(cfg, data: corpus.Corpus, s: Setup, lm_params, g_params, png:
   """The MLE G (G before the GAN; "initial G" when no LM was pre-trained or restored) against the GAN's G at
   `frontier.temperatures` (`jaxtextgan.frontier`)."""
   f = cfg.frontier
-  gens = [frontier.Generator("MLE G" if lm_params is not None else "initial G", s.g_graphdef, initial_g_params(cfg, s, lm_params), s.gen_cfg.latent_dim),
+  mle_name = "MLE G" if lm_params is not None else "initial G"
+  gens = [frontier.Generator(mle_name, s.g_graphdef, initial_g_params(cfg, s, lm_params), s.gen_cfg.latent_dim),
           frontier.Generator(f"GAN G ({cfg.gan.loss})", s.g_graphdef, g_params, s.gen_cfg.latent_dim)]
   rows = frontier.sweep(gens, data, f.temperatures, length=cfg.generator.length, num_samples=f.num_samples,
                         seed=cfg.sample.seed, num_z=f.num_z, batch_size=cfg.eval.batch_size,
@@ -429,26 +392,6 @@ def short_frontier(cfg, data: corpus.Corpus, s: Setup, lm_params, g_params, png:
   return {"rows": rows, "x": axes.x, "y": axes.y, "temperatures": list(f.temperatures),
           "num_samples": f.num_samples, "num_z": f.num_z,
           "comparison": frontier.compare(rows, gens[1].name, gens[0].name, axes)}
-
-
-def _describe(cfg, lm_cfg: gpt2.GPT2Config) -> tuple[str, str]:
-  g = cfg.generator
-  gen = (f"gpt2 {lm_cfg.n_layer}x{lm_cfg.d_model}" if g.kind == "gpt2" else f"mlp {tuple(g.mlp_hidden)}")
-  d = cfg.discriminator
-  if d.kind == "cnn":
-    disc = f"cnn widths {tuple(d.widths)} x {d.filters}"
-  elif d.init_from_lm:
-    disc = f"transformer {lm_cfg.n_layer}x{lm_cfg.d_model} from G's LM ({d.pooling} pool)"
-  else:
-    disc = f"transformer {d.n_layer}x{d.d_model} ({d.pooling} pool)"
-  return gen, disc
-
-
-def _check_same_gan(meta: dict, expected: dict, workdir: pathlib.Path) -> None:
-  for key, value in expected.items():
-    if key in meta and meta[key] != value:
-      raise InputError(f"workdir {workdir} holds a GAN checkpoint with another {key} config: use a new --workdir "
-                       "or the config it was trained with")
 
 
 def dry_run_stages(config, mesh) -> list[stage.Stage]:
@@ -470,7 +413,7 @@ def run(config, workdir) -> dict:
   r = common.start(cfg, workdir)
   check_options(cfg, r.mesh)
   gan_config(cfg)  # fails fast on bad GAN options (e.g. zero tau) before any data is read
-  previous = common.finished_results(r, "gan_steps", cfg.gan.steps, summary)
+  previous = common.finished_results(r, "gan_steps", cfg.gan.steps, report.summary)
   if previous is not None:
     return previous
   data = load_data(r.workdir, cfg)
@@ -538,7 +481,7 @@ def run(config, workdir) -> dict:
   if cfg.get("frontier") and cfg.frontier.temperatures:
     short = short_frontier(cfg, data, s, lm_params, state.g.params, r.workdir / "frontier.png")
   r.writer.close()
-  gen_name, disc_name = _describe(cfg, lm_cfg)
+  gen_name, disc_name = report.describe(cfg, lm_cfg)
   results = {
     "finished": True, "loss": cfg.gan.loss, "source": cfg.data.source, "generator": gen_name,
     "discriminator": disc_name, "pretrain_steps": 0 if cfg.generator.init_from else cfg.pretrain.steps,
@@ -548,5 +491,5 @@ def run(config, workdir) -> dict:
     "curves": str(r.workdir / "gan_curves.png"), "frontier": short, "wall_seconds": time.perf_counter() - t0,
   }
   stage.write_json(r.workdir / "results.json", results)
-  print(summary(results), flush=True)
+  print(report.summary(results), flush=True)
   return results
