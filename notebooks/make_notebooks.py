@@ -147,7 +147,7 @@ the generator and discriminator, and the pure jitted D and G steps.
   setup_cell(),
   code('''
 import jax, jax.numpy as jnp, numpy as np
-from jaxtextgan import gumbel, metrics, sharding
+from jaxtextgan import gumbel, metrics, sharding, training
 from jaxtextgan.config import load_config
 from jaxtextgan.data import trigram
 from jaxtextgan.models import discriminator, generator, gpt2

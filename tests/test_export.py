@@ -109,7 +109,7 @@ def runs(tmp_path_factory):
   rows = [(t, y) for y, texts in TOPICS.items() for t in texts]
   (tmp / "train.csv").write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in rows) + "\n")
   ganbert = _flags({"data.source": "files", "data.train_file": tmp / "train.csv", "data.test_file": tmp / "train.csv",
-                    "data.max_len": 12, "data.batch_size": 4, "model.encoder_dir": encoder, "train.steps": 2,
+                    "data.max_len": 12, "data.batch_size": 4, "model.encoder_dir": encoder, "train.steps": 4,
                     "train.epochs": 0.0, "train.tensorboard": False, "train.fast_compile": True,
                     "optimizer.lr": 0.1, "eval.batch_size": 4})
   runs = Runs(tmp, {"gan": ("gan", gan), "ganbert": ("ganbert", ganbert)})
@@ -237,7 +237,7 @@ def test_ganbert_probabilities_match_predict(runs, tmp_path):
   texts = ["the team won the final", "more salt for the soup please", "a new phone chip", "zebra"]
   classifier = predict.load_classifier(workdir)
   ours = predict.classify(classifier, texts, batch_size=4)
-  assert np.ptp(ours) > 0.1  # two steps at lr 0.1 moved D off its near-uniform start, so the check has teeth
+  assert np.ptp(ours) > 0.1  # four steps at lr 0.1 moved D off its near-uniform start, so the check has teeth
 
   spec = importlib.util.spec_from_file_location("ganbert_head_export", out / "ganbert_head.py")
   head_module = importlib.util.module_from_spec(spec)
