@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxtextgan.config import load_config, resolve
-from jaxtextgan.errors import InputError, Preempted
+from jaxtextgan.errors import InputError, Preempted, exit_status
 
 TASKS = {
   "lm": "jaxtextgan.tasks.lm",
@@ -110,13 +110,8 @@ def check_overrides(argv) -> None:
 
 def run() -> None:
   """Entry point: user errors become one `error:` line and exit status 2."""
-  try:
-    check_overrides(sys.argv[1:])
-    app.run(main)
-  except InputError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
-
+  status = exit_status(check_overrides, sys.argv[1:])
+  sys.exit(status or exit_status(app.run, main))
 
 if __name__ == "__main__":
   run()

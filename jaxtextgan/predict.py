@@ -26,7 +26,7 @@ from flax import nnx
 from jaxtextgan import checkpoint
 from jaxtextgan import sharding as shd
 from jaxtextgan.data import classification as cls_data
-from jaxtextgan.errors import InputError
+from jaxtextgan.errors import InputError, exit_status
 from jaxtextgan.models import bert, hf_bert
 from jaxtextgan.objectives import ganbert
 
@@ -137,26 +137,24 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout:
   parser.add_argument("--format", default="tsv", choices=("tsv", "jsonl"))
   parser.add_argument("--batch_size", type=int, default=64)
   args = parser.parse_args(argv)
-  stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-  try:
-    if args.input == "-":
-      lines = read_texts(stdin, "stdin")
-    else:
-      path = pathlib.Path(args.input)
-      if not path.is_file():
-        raise InputError(f"--input={path} does not exist: pass a text file with one text per line")
-      try:
-        with open(path, encoding="utf-8") as f:
-          lines = read_texts(f, str(path))
-      except UnicodeDecodeError:
-        raise InputError(f"--input={path} is not UTF-8 text: convert it to UTF-8") from None
-    classifier = load_classifier(args.workdir)
-    probs = classify(classifier, [t for _, t in lines], args.batch_size)
-    write_predictions(stdout, classifier.label_names, lines, probs, args.format)
-  except InputError as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-  return 0
+  return exit_status(_predict, args, stdin or sys.stdin, stdout or sys.stdout)
+
+
+def _predict(args, stdin: TextIO, stdout: TextIO) -> None:
+  if args.input == "-":
+    lines = read_texts(stdin, "stdin")
+  else:
+    path = pathlib.Path(args.input)
+    if not path.is_file():
+      raise InputError(f"--input={path} does not exist: pass a text file with one text per line")
+    try:
+      with open(path, encoding="utf-8") as f:
+        lines = read_texts(f, str(path))
+    except UnicodeDecodeError:
+      raise InputError(f"--input={path} is not UTF-8 text: convert it to UTF-8") from None
+  classifier = load_classifier(args.workdir)
+  probs = classify(classifier, [t for _, t in lines], args.batch_size)
+  write_predictions(stdout, classifier.label_names, lines, probs, args.format)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 from etils import epath
 
 from jaxtextgan import tokenizers as tok
-from jaxtextgan.errors import InputError
+from jaxtextgan.errors import InputError, exit_status
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -352,16 +352,10 @@ def main(argv=None) -> int:
   p.add_argument("--tokenizer_sample_mb", type=float, default=64.0,
                  help="MiB of train text that word/train-bpe tokenizers are trained on")
   a = p.parse_args(argv)
-  try:
-    prepare(a.out, a.tokenizer, a.seq_len, train=a.train, valid=a.valid, test=a.test, tfds_name=a.tfds_name,
-            tfds_data_dir=a.tfds_data_dir, text_key=a.text_key, vocab_size=a.vocab_size or None,
-            workers=a.workers, shard_mb=a.shard_mb, docs_per_shard=a.docs_per_shard,
-            tokenizer_sample_mb=a.tokenizer_sample_mb)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
+  return exit_status(prepare, a.out, a.tokenizer, a.seq_len, train=a.train, valid=a.valid, test=a.test,
+                     tfds_name=a.tfds_name, tfds_data_dir=a.tfds_data_dir, text_key=a.text_key,
+                     vocab_size=a.vocab_size or None, workers=a.workers, shard_mb=a.shard_mb,
+                     docs_per_shard=a.docs_per_shard, tokenizer_sample_mb=a.tokenizer_sample_mb)
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -37,3 +37,18 @@ def cli(workdir, flags, config="configs/lm.py", check=True, env=None):
   if check and proc.returncode != 0:
     raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
   return proc
+
+
+def tiny_gan_config(mesh_shape):
+  """configs/gan.py on a 20-word trigram oracle with a 1-layer GPT-2 G and a CNN D, on `mesh_shape`."""
+  from jaxtextgan.config import load_config  # here, so the subprocess helpers above import no JAX
+  config = load_config(REPO / "configs" / "gan.py")
+  config.mesh_shape = mesh_shape
+  config.data.source = "trigram"
+  config.data.trigram.update(dict(vocab_size=20, sentence_len=6, train=40, valid=8, test=8))
+  config.data.batch_size = 8
+  config.model.update(dict(n_layer=1, d_model=16, n_head=2, d_ff=32, max_len=8))
+  config.generator.update(dict(length=6, latent_dim=8))
+  config.discriminator.update(dict(kind="cnn", widths=(2, 3), filters=8))
+  config.gan.update(dict(batch_size=8, n_critic=2, fast_compile=True))
+  return config

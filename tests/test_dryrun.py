@@ -15,7 +15,7 @@ from jaxtextgan.objectives import dfine, ganbert
 from jaxtextgan.tasks import dfine as dfine_task
 from jaxtextgan.tasks import gan as gan_task
 from jaxtextgan.tasks import ganbert as ganbert_task
-from cli_helpers import REPO, cli
+from cli_helpers import REPO, cli, tiny_gan_config
 
 
 def lm_config(**model):
@@ -60,15 +60,7 @@ def _sane(report, mesh):
 
 
 def test_gan_dry_run_compiles_pretraining_and_gan_steps(capsys):
-  config = load_config(REPO / "configs" / "gan.py")
-  config.mesh_shape = (2, 2, 2)
-  config.data.source = "trigram"
-  config.data.trigram.update(dict(vocab_size=20, sentence_len=6, train=40, valid=8, test=8))
-  config.data.batch_size = 8
-  config.model.update(dict(n_layer=1, d_model=16, n_head=2, d_ff=32, max_len=8))
-  config.generator.update(dict(length=6, latent_dim=8))
-  config.discriminator.update(dict(kind="cnn", widths=(2, 3), filters=8))
-  config.gan.update(dict(batch_size=8, n_critic=2, fast_compile=True))
+  config = tiny_gan_config((2, 2, 2))
   reports = dryrun.dry_run(config)
   assert list(reports) == ["pretrain", "d_warmup", "gan"]
   # The real initial state of the run with this config: G (its GPT-2 is the pre-trained LM) and D.

@@ -14,7 +14,7 @@ from jaxtextgan import stage as stage_lib
 from jaxtextgan.config import load_config
 from jaxtextgan.errors import InputError
 from jaxtextgan.tasks import lm as lm_task
-from cli_helpers import REPO, cli
+from cli_helpers import REPO, cli, tiny_gan_config
 
 TOPOLOGIES = [("v5e:2x2", (1, 4, 1), "v5e"), ("v4:2x2x2", (2, 2, 2), "v4")]
 
@@ -81,19 +81,6 @@ def test_cpu_compiles_the_same_argument_shapes():
   assert cpu["argument_size_in_bytes"] == shard_bytes(args) + 8  # + the step's PRNG key (two uint32)
 
 
-def gan_config(mesh_shape):
-  config = load_config(REPO / "configs" / "gan.py")
-  config.mesh_shape = mesh_shape
-  config.data.source = "trigram"
-  config.data.trigram.update(dict(vocab_size=20, sentence_len=6, train=40, valid=8, test=8))
-  config.data.batch_size = 8
-  config.model.update(dict(n_layer=1, d_model=16, n_head=2, d_ff=32, max_len=8))
-  config.generator.update(dict(length=6, latent_dim=8))
-  config.discriminator.update(dict(kind="cnn", widths=(2, 3), filters=8))
-  config.gan.update(dict(batch_size=8, n_critic=2, fast_compile=True))
-  return config
-
-
 def dfine_config(mesh_shape):
   config = load_config(REPO / "configs" / "dfine_trigram.py")
   config.mesh_shape = mesh_shape
@@ -126,7 +113,7 @@ STAGE_OF = {"gan": "gan", "ganbert": "ganbert", "dfine": "stage3_finetune"}
 
 @pytest.mark.parametrize("topology,mesh_shape,chip", TOPOLOGIES)
 def test_every_objective_compiles_for_tpu(topology, mesh_shape, chip, tmp_path):
-  configs = {"gan": gan_config(mesh_shape), "ganbert": ganbert_config(mesh_shape, tmp_path),
+  configs = {"gan": tiny_gan_config(mesh_shape), "ganbert": ganbert_config(mesh_shape, tmp_path),
              "dfine": dfine_config(mesh_shape)}
   mesh = shd.make_mesh(mesh_shape, devices=tpu.topology_devices(topology))
   for objective, config in configs.items():
@@ -158,7 +145,7 @@ def test_largest_batch_doubles_until_a_step_does_not_fit(monkeypatch):
   assert best == 16 and {b: r["lm"]["fits"] for b, r in tried.items()} == {1: True, 2: True, 4: True, 8: True,
                                                                           16: True, 32: False}
   assert seen == [8, 16, 32, 64, 128]
-  gan = tpu.with_batch(gan_config((1, 1, 1)), 64)
+  gan = tpu.with_batch(tiny_gan_config((1, 1, 1)), 64)
   assert gan.data.batch_size == 64 and gan.gan.batch_size == 64
 
 

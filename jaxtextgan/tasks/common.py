@@ -16,7 +16,7 @@ from jaxtextgan import writers
 from jaxtextgan.data import lm as lm_data
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
-from jaxtextgan.stage import write_json  # noqa: F401  (the tasks' one JSON writer)
+
 
 
 @dataclasses.dataclass

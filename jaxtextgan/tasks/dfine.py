@@ -37,12 +37,12 @@ from jaxtextgan.objectives import dfine
 from jaxtextgan.reports import dfine as report
 from jaxtextgan.tasks import common
 from jaxtextgan.tasks import dfine_numbers as numbers
+from jaxtextgan.tasks.dfine_numbers import BASES, Plan
 from jaxtextgan.tasks import lm as lm_task
 
 STAGE_LM = "stage1_lm"
 STAGE_DISC = "stage2_disc"
 STAGE_FT = "stage3_finetune"
-BASES = ("initial", "perturbed")
 VARIANTS = ("disc", "nodisc", "ce")
 # Fields that may differ between a checkpoint and the model that reads it: they change no parameter.
 _NON_ARCH_FIELDS = ("dropout", "remat", "dtype")
@@ -175,35 +175,6 @@ def _state_fn(model_cfg: gpt2.GPT2Config, opt_json: str):
 
 
 # --- the plan: what every stage shares -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Plan:
-  """The checked config, models, their graphs and parameter shardings, and the data (None in a dry run)."""
-  config: Any
-  mesh: Any
-  models: dict[str, gpt2.GPT2Config]  # 'lm' (q0), 'disc', 'ft'
-  runs: list[tuple[str, str]]  # (base, variant) of each fine-tuning stage
-  data: corpus.Corpus | None = None
-  workdir: pathlib.Path | None = None
-
-  def __post_init__(self):
-    self.eps = float(self.config.finetune.eps)
-    self.graphdefs = {k: dfine.graphdef_of(m) for k, m in self.models.items()}
-    shardings = {k: dfine.param_shardings(self.models[k], self.mesh) for k in ("lm", "disc")}
-    self.abstract = {k: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), *v)
-                     for k, v in shardings.items()}
-    self.frozen_shardings = {"q0": shardings["lm"][1], "disc": shardings["disc"][1]}
-    self.disc_bases = [b for b in BASES if any(rb == b for rb, _ in self.runs)]
-
-  def directory(self, name: str) -> pathlib.Path | None:
-    return None if self.workdir is None else self.workdir / name
-
-  def stage_fields(self, stage_cfg) -> dict:
-    """Stage fields every dfine stage takes from the config."""
-    return dict(log_every=int(stage_cfg.log_every), checkpoint_every=int(stage_cfg.checkpoint_every),
-                keep=int(self.config.keep_checkpoints), tensorboard=False,
-                show_progress=bool(self.config.get("progress", True)))
 
 
 def check_options(config) -> list[tuple[str, str]]:

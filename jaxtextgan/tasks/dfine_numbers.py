@@ -1,7 +1,7 @@
 """The numbers of the dfine report, measured on trained parameters: the discriminator's eq. (6) terms, the
 fine-tuning evaluation (eq. 10-12, reverse KL), Table 1 against the exact p, Table 2, Figure 1's probe and curves.
 
-Each function takes the run's `tasks.dfine.Plan` (config, mesh, graphs, data); `reports.dfine` renders the dict
+Each function takes the run's `Plan` (config, mesh, graphs, data); `reports.dfine` renders the dict
 they fill. Every sum runs over every scored target of a split (`evaluation.reduce_sums`), so no number depends on
 the batch size. On text, the validation and test numbers score the contiguous stream with sliding windows by default
 (`eval.perplexity`, `eval.stride`; `evaluation.batches`), and each metrics dict records its `window` and `stride`
@@ -10,21 +10,22 @@ the batch size. On text, the validation and test numbers score the contiguous st
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pathlib
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 
 from jaxtextgan import evaluation, writers
 from jaxtextgan import sharding as shd
-from jaxtextgan.data import word_stats
+from jaxtextgan.data import corpus, word_stats
+from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import dfine
 
-if TYPE_CHECKING:
-  from jaxtextgan.tasks.dfine import Plan
+BASES = ("initial", "perturbed")
 
 # Jitted once per graph: graphdefs (and eps) are static.
 _DISC_SUMS = jax.jit(dfine.disc_sums, static_argnums=(0, 1))
@@ -36,6 +37,35 @@ FT_LABELS = {"disc": "ftd.", "nodisc": "ftd. without discriminator", "ce": "ftd.
 TABLE2_LABELS = {"disc": "Without dropout, with discriminator",
                  "nodisc": "Without dropout, without discriminator (r ≡ 1/2)",
                  "ce": "Without dropout, cross-entropy only"}
+
+
+@dataclasses.dataclass
+class Plan:
+  """The checked config, models, their graphs and parameter shardings, and the data (None in a dry run)."""
+  config: Any
+  mesh: Any
+  models: dict[str, gpt2.GPT2Config]  # 'lm' (q0), 'disc', 'ft'
+  runs: list[tuple[str, str]]  # (base, variant) of each fine-tuning stage
+  data: corpus.Corpus | None = None
+  workdir: pathlib.Path | None = None
+
+  def __post_init__(self):
+    self.eps = float(self.config.finetune.eps)
+    self.graphdefs = {k: dfine.graphdef_of(m) for k, m in self.models.items()}
+    shardings = {k: dfine.param_shardings(self.models[k], self.mesh) for k in ("lm", "disc")}
+    self.abstract = {k: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), *v)
+                     for k, v in shardings.items()}
+    self.frozen_shardings = {"q0": shardings["lm"][1], "disc": shardings["disc"][1]}
+    self.disc_bases = [b for b in BASES if any(rb == b for rb, _ in self.runs)]
+
+  def directory(self, name: str) -> pathlib.Path | None:
+    return None if self.workdir is None else self.workdir / name
+
+  def stage_fields(self, stage_cfg) -> dict:
+    """Stage fields every dfine stage takes from the config."""
+    return dict(log_every=int(stage_cfg.log_every), checkpoint_every=int(stage_cfg.checkpoint_every),
+                keep=int(self.config.keep_checkpoints), tensorboard=False,
+                show_progress=bool(self.config.get("progress", True)))
 
 
 def _batches(p: Plan, blocks):

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from jaxtextgan.tasks import augment as augment_task
+from jaxtextgan.stage import write_json
 from jaxtextgan.tasks import common
 from jaxtextgan.tasks import lm as lm_task
 
@@ -93,7 +94,7 @@ def run(config, workdir) -> dict:
     output.write_text(text, encoding="utf-8")
   results = {"rows": [{"model": n, "layers": l, **{s: m[s] for s in splits}} for n, l, m in rows],
              "wall_seconds": wall, "output": str(output)}
-  common.write_json(r.workdir / "results.json", results)
+  write_json(r.workdir / "results.json", results)
   r.writer.close()
   print(text, flush=True)
   return results
