@@ -47,6 +47,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     freeze_layers=0))  # N > 0: embeddings and the bottom N encoder layers frozen (a CPU budget option)
   c.optimizer = ml_collections.ConfigDict(dict(
     lr=5e-5, g_lr=0.0,  # g_lr 0: same as lr (release)
+    head_lr=0.0,  # > 0: the classifier head (D) at its own rate, the encoder at lr; 0: lr for both (release)
     warmup_proportion=0.1, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, grad_clip_norm=1.0))
   # GAN-BERT trains `steps` iterations if > 0, else `epochs` over its replicated training set; the baseline gets the
   # same number of passes over each labeled example.

@@ -361,3 +361,21 @@ def test_freeze_layers_leaves_embeddings_and_bottom_layers_unchanged():
   assert _changed(before["head"], after["head"])
   with pytest.raises(gb.InputError, match="exceeds"):
     gb.make_state_fn(TINY, dataclasses.replace(cfg, freeze_layers=3), OPT)
+
+
+def test_head_lr_moves_the_head_at_its_own_rate():
+  """head_lr: the D head steps at head_lr and the encoder at lr. With lr 0 the encoder stays put while the head
+  moves; with head_lr 0 (one optimizer, the release) both stay put."""
+  cfg = gb.GanBertConfig(num_classes=3, method="baseline")
+  mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  _, _, sup_step, _ = gb.make_steps(cfg, mesh)
+  for head_lr, head_moves in ((1e-2, True), (0.0, False)):
+    opt = dict(OPT, lr=0.0, head_lr=head_lr)
+    state, _ = training.init_sharded_state(gb.make_state_fn(TINY, cfg, opt), jax.random.key(0), mesh)
+    new, _ = jax.jit(sup_step)(state, _batch(), jax.random.key(1))
+    before, after = _host(state.d.params), _host(new.d.params)
+    _assert_same(before["encoder"], after["encoder"])
+    assert _changed(before["head"], after["head"]) == head_moves
+    if head_moves:  # Adam's first step moves every weight with a gradient by about head_lr
+      kernel = np.abs(after["head"]["out"]["kernel"] - before["head"]["out"]["kernel"]).max()
+      assert 0.5 * head_lr < kernel < 1.5 * head_lr

@@ -205,13 +205,25 @@ def freeze_bottom(num_layers: int) -> optax.GradientTransformation:
   return optax.stateless(mask)
 
 
+def _encoder_and_head_optimizer(opt_cfg) -> optax.GradientTransformation:
+  """AdamW for (encoder, D head); with `head_lr` > 0 the head gets its own rate and schedule shape (its own
+  clipping norm too, since optax.multi_transform splits the tree), else one optimizer over both (the release)."""
+  head_lr = float(dict(opt_cfg).get("head_lr", 0.0))
+  if not head_lr:
+    return training.make_optimizer(opt_cfg)[0]
+  labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+    lambda path, _: "head" if getattr(path[0], "key", None) == "head" else "encoder", params)
+  return optax.multi_transform({"encoder": training.make_optimizer(opt_cfg)[0],
+                                "head": training.make_optimizer({**dict(opt_cfg), "lr": head_lr})[0]}, labels)
+
+
 def make_state_fn(bert_cfg: bert.BertConfig, cfg: GanBertConfig, d_opt_cfg, g_opt_cfg=None):
   """A pure `rng -> GanBertState` initialiser with a random encoder (for `jax.eval_shape` and sharded init).
 
   Pre-trained encoder weights are set afterwards (`tasks.ganbert.with_encoder`), never closed over, so they are
   not baked into a compiled program as constants; AdamW's moments start at zero whatever the weights.
   """
-  d_tx, _ = training.make_optimizer(d_opt_cfg)
+  d_tx = _encoder_and_head_optimizer(d_opt_cfg)
   if cfg.freeze_layers:
     if cfg.freeze_layers > bert_cfg.num_hidden_layers:
       raise InputError(f"freeze_layers={cfg.freeze_layers} exceeds the encoder's {bert_cfg.num_hidden_layers} layers")

@@ -144,7 +144,8 @@ def plan(config, data: cls_data.ClassificationData, method: str) -> Plan:
 def optimizer_config(opt_cfg, steps: int) -> dict:
   return dict(lr=opt_cfg.lr, total_steps=steps, warmup_steps=int(opt_cfg.warmup_proportion * steps),
               end_lr_fraction=0.0, schedule="linear", b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-              weight_decay=opt_cfg.weight_decay, grad_clip_norm=opt_cfg.grad_clip_norm)
+              weight_decay=opt_cfg.weight_decay, grad_clip_norm=opt_cfg.grad_clip_norm,
+              head_lr=opt_cfg.get("head_lr", 0.0))
 
 
 # ------------------------------------------------------------------------------------------------------- stage
