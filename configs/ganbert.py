@@ -44,7 +44,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     pooling="mean",
     latent_dim=100, d_hidden=0, g_hidden=0,  # 0: the encoder width, as in the release
     dropout=0.1, epsilon=1e-8, feature_matching="mean", noise="normal",
-    freeze_layers=0))  # N > 0: embeddings and the bottom N encoder layers frozen (a CPU budget option)
+    freeze_layers=0,  # N > 0: embeddings and the bottom N encoder layers frozen (a CPU budget option)
+    cache_frozen=True))  # with freeze_layers: their output computed once (no dropout there), not in every step
   c.optimizer = ml_collections.ConfigDict(dict(
     lr=5e-5, g_lr=0.0,  # g_lr 0: same as lr (release)
     head_lr=0.0,  # > 0: the classifier head (D) at its own rate, the encoder at lr; 0: lr for both (release)

@@ -379,3 +379,24 @@ def test_head_lr_moves_the_head_at_its_own_rate():
     if head_moves:  # Adam's first step moves every weight with a gradient by about head_lr
       kernel = np.abs(after["head"]["out"]["kernel"] - before["head"]["out"]["kernel"]).max()
       assert 0.5 * head_lr < kernel < 1.5 * head_lr
+
+
+@pytest.mark.parametrize("frozen,method", [(1, "ganbert"), (2, "baseline")])
+def test_cached_frozen_bottom_gives_the_steps_of_the_whole_encoder(frozen, method):
+  """Without dropout, a batch that carries the frozen bottom's output (layer 1 of 2: hidden states; all layers:
+  sentence vectors) gives the D-step and the baseline's step the losses and updates of the batch of token ids."""
+  tiny = TINY.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  cfg = gb.GanBertConfig(num_classes=3, method=method, freeze_layers=frozen, dropout=0.0)
+  state, _ = training.init_sharded_state(gb.make_state_fn(tiny, cfg, OPT), jax.random.key(0), mesh)
+  batch = _batch()
+  model = nnx.merge(state.d.graphdef, state.d.params)
+  cached = {**batch, "frozen": model.frozen_features(batch["input_ids"], batch["attention_mask"], frozen)}
+  assert cached["frozen"].shape == ((8, 32) if frozen == 2 else (8, 16, 32))
+  d_step, _, sup_step, _ = gb.make_steps(cfg, mesh)
+  step = jax.jit(d_step if method == "ganbert" else sup_step, compiler_options=FAST)
+  (a, metrics_a), (b, metrics_b) = step(state, batch, jax.random.key(1)), step(state, cached, jax.random.key(1))
+  loss = "d_loss" if method == "ganbert" else "loss"
+  np.testing.assert_allclose(metrics_a[loss], metrics_b[loss], rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), _host(a.d.params), _host(b.d.params))
+  assert _changed(state.d.params["head"], b.d.params["head"])

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -95,7 +96,9 @@ def tiny_config(assets, **data):
 
 
 def test_train_export_predict_and_resume(assets, tmp_path, caplog, monkeypatch):
+  """Trains with freeze_layers=1 of 2 and that layer's output cached (the other tests train the whole encoder)."""
   config = tiny_config(assets)
+  config.model.freeze_layers = 1
   workdir = tmp_path / "run"
   result = task.run(config, workdir)
   assert result["step"] == 3 and result["n_labeled"] == 6 and result["n_unlabeled"] == 6
@@ -112,6 +115,12 @@ def test_train_export_predict_and_resume(assets, tmp_path, caplog, monkeypatch):
     classifier = predict.load_classifier(workdir)
   assert not caplog.records, [r.getMessage() for r in caplog.records]  # nothing a user cannot act on
   assert set(classifier.params.keys()) == {"encoder", "head"}
+  # Trained on the cached output of the frozen bottom: the embeddings and layer 0 are the pre-trained ones.
+  pretrained, trained = task.load_encoder(config.model, config.data.max_len).params, classifier.params["encoder"]
+  np.testing.assert_array_equal(trained["embeddings"]["word"]["embedding"],
+                                pretrained["embeddings"]["word"]["embedding"])
+  pairs = list(zip(jax.tree.leaves(trained["layers"]), jax.tree.leaves(pretrained["layers"])))
+  assert all(np.array_equal(a[0], b[0]) for a, b in pairs) and any(not np.array_equal(a[1], b[1]) for a, b in pairs)
   with monkeypatch.context() as m:
     m.chdir(tmp_path)
     assert predict.load_classifier("run").label_names == classifier.label_names  # a relative --workdir

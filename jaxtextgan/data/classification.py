@@ -417,10 +417,12 @@ def training_examples(data: ClassificationData, method: str) -> Examples:
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-  """Tokenized examples: ids and mask (N, max_len) int32, labels (N,), -1 = unlabeled."""
+  """Tokenized examples: ids and mask (N, max_len) int32, labels (N,), -1 = unlabeled; `frozen`, when set, the
+  frozen encoder bottom's output per row, (N, max_len, d) or (N, d) (`Classifier.frozen_features`)."""
   input_ids: np.ndarray
   attention_mask: np.ndarray
   labels: np.ndarray
+  frozen: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -436,8 +438,10 @@ class Encoded:
     if pad_multiple > 0:
       longest = int(mask.sum(1).max()) if len(idx) else 1
       width = min(width, max(pad_multiple, -(-longest // pad_multiple) * pad_multiple))
-    return {"input_ids": self.input_ids[idx, :width], "attention_mask": mask[:, :width],
-            "labels": self.labels[idx]}
+    rows = {"input_ids": self.input_ids[idx, :width], "attention_mask": mask[:, :width], "labels": self.labels[idx]}
+    if self.frozen is not None:
+      rows["frozen"] = self.frozen[idx, :width] if self.frozen.ndim == 3 else self.frozen[idx]
+    return rows
 
 
 def encode_examples(examples: Examples, tokenizer, max_len: int) -> Encoded:

@@ -180,13 +180,23 @@ class BertEncoder(nnx.Module):
                        f"entry per input token")
     if token_type_ids_BT is None:
       token_type_ids_BT = jnp.zeros((b, t), jnp.int32)
-    use_dropout = dropout_key is not None
-    emb_key, layers_key = jax.random.split(dropout_key) if use_dropout else (None, None)
+    emb_key, layers_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
     x_BTD = self.embeddings(input_ids_BT, token_type_ids_BT, emb_key)
+    return self.run_layers(x_BTD, attention_mask_BT, layers_key)
+
+  def run_layers(self, x_BTD: Array, attention_mask_BT: Array, dropout_key: Array | None = None, *,
+                 start: int = 0, stop: int | None = None) -> Array:
+    """Layers [start, stop) on x_BTD, the output of layer start-1 (of the embeddings for start 0), under
+    `lax.scan` over the stacked parameters' rows; layer i draws the i-th of L dropout keys whatever the range."""
+    cfg = self.cfg
+    stop = cfg.num_hidden_layers if stop is None else stop
+    use_dropout = dropout_key is not None
     key_mask_BS = attention_mask_BT.astype(bool)
-    layer_keys = (jax.random.split(layers_key, cfg.num_hidden_layers) if use_dropout
+    layer_keys = (jax.random.split(dropout_key, cfg.num_hidden_layers) if use_dropout
                   else jnp.zeros((cfg.num_hidden_layers,), jnp.uint32))
     graphdef, layer_state = nnx.split(self.layers)
+    if (start, stop) != (0, cfg.num_hidden_layers):
+      layer_state, layer_keys = jax.tree.map(lambda a: a[start:stop], (layer_state, layer_keys))
 
     def body(x, xs):
       state, key = xs

@@ -12,6 +12,7 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxtextgan.errors import InputError
@@ -35,6 +36,26 @@ class Classifier(nnx.Module):
   def sentence(self, input_ids_BT: Array, attention_mask_BT: Array, dropout_key: Array | None = None) -> Array:
     """h (B, d): the pooled sentence vector the head sees."""
     return self.encoder.encode(input_ids_BT, attention_mask_BT, pooling=self.pooling, dropout_key=dropout_key)
+
+  def frozen_features(self, input_ids_BT: Array, attention_mask_BT: Array, frozen: int) -> Array:
+    """What the frozen bottom computes, without dropout: the output (B, T, d) of the embeddings and layers
+    [0, frozen), or h (B, d) when every layer is frozen. It never changes during training, so it can be cached."""
+    hidden_BTD = self.encoder.run_layers(self.encoder.embeddings(input_ids_BT, jnp.zeros_like(input_ids_BT), None),
+                                         attention_mask_BT, stop=frozen)
+    if frozen == self.encoder.cfg.num_hidden_layers:
+      return self.encoder.sentence_vector(hidden_BTD, attention_mask_BT, self.pooling)
+    return hidden_BTD
+
+  def sentence_from(self, batch: dict, dropout_key: Array | None = None, frozen: int = 0) -> Array:
+    """h (B, d) of a batch: from its token ids, or from `frozen` (B, T, d) or (B, d), the cached output of the
+    frozen bottom `frozen` layers (`frozen_features`), through the layers above it only."""
+    if "frozen" not in batch:
+      return self.sentence(batch["input_ids"], batch["attention_mask"], dropout_key)
+    if batch["frozen"].ndim == 2:
+      return batch["frozen"]
+    layers_key = jax.random.split(dropout_key)[1] if dropout_key is not None else None  # as `encoder.__call__`
+    hidden_BTD = self.encoder.run_layers(batch["frozen"], batch["attention_mask"], layers_key, start=frozen)
+    return self.encoder.sentence_vector(hidden_BTD, batch["attention_mask"], self.pooling)
 
   def discriminate(self, h_BD: Array, dropout_key: Array | None = None) -> tuple[Array, Array]:
     """D(h): input dropout (as in the release), then the MLP; returns (logits, hidden features)."""

@@ -255,7 +255,8 @@ def _batch_constraint(x: Array, mesh: Mesh | None) -> Array:
 def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
   """Pure `d_step`, `g_step`, `sup_step`: (state, batch, rng) -> (state, metrics), and `predict_step`.
 
-  A batch is {'input_ids' (B,T) int32, 'attention_mask' (B,T) int32, 'labels' (B,) int32, -1 = unlabeled}.
+  A batch is {'input_ids' (B,T) int32, 'attention_mask' (B,T) int32, 'labels' (B,) int32, -1 = unlabeled}, and
+  with `freeze_layers` > 0 it may carry 'frozen', the frozen bottom's cached output (`Classifier.frozen_features`).
   """
   k = cfg.num_classes
 
@@ -273,7 +274,7 @@ def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
   def d_loss_fn(d_params, d_graphdef, batch, h_fake_FD, key):
     model = nnx.merge(d_graphdef, d_params)
     enc_key, real_key, fake_key = jax.random.split(key, 3)
-    h_real_BD = model.sentence(batch["input_ids"], batch["attention_mask"], enc_key)
+    h_real_BD = model.sentence_from(batch, enc_key, cfg.freeze_layers)
     real_logits, real_features_BH = model.discriminate(h_real_BD, real_key)
     fake_logits, _ = model.discriminate(h_fake_FD, fake_key)
     loss, aux = discriminator_loss(real_logits, fake_logits, batch["labels"], cfg.epsilon)
@@ -313,7 +314,9 @@ def make_steps(cfg: GanBertConfig, mesh: Mesh | None = None):
     return state.replace(step=state.step + 1, g=state.g.apply_gradients(grads)), metrics
 
   def sup_loss_fn(d_params, d_graphdef, batch, key):
-    logits, _ = nnx.merge(d_graphdef, d_params)(batch["input_ids"], batch["attention_mask"], key)
+    model = nnx.merge(d_graphdef, d_params)
+    enc_key, head_key = jax.random.split(key)  # as `Classifier.__call__`
+    logits, _ = model.discriminate(model.sentence_from(batch, enc_key, cfg.freeze_layers), head_key)
     loss, count = supervised_loss(logits, batch["labels"])
     return loss, {"labeled": count, "train_accuracy": _accuracy(logits, batch["labels"])}
 

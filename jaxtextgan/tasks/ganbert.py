@@ -170,11 +170,35 @@ def ganbert_stage(config, bert_cfg: bert.BertConfig, cfg: ganbert.GanBertConfig,
   make_state, steps = _functions(bert_cfg, cfg, tuple(sorted(opt.items())),
                                  tuple(sorted(g_opt.items())) if g_opt else None, mesh)
   b, t = config.data.batch_size, config.data.max_len
+  batch_spec = stage.int_batch(input_ids=(b, t), attention_mask=(b, t), labels=(b,))
+  if caches_frozen(config, cfg):
+    whole = cfg.freeze_layers == bert_cfg.num_hidden_layers
+    batch_spec["frozen"] = jax.ShapeDtypeStruct((b, bert_cfg.hidden_size) if whole else (b, t, bert_cfg.hidden_size),
+                                                np.float32)
   return stage.Stage(
     name=options.pop("name", cfg.method), init=make_state, steps=steps, num_steps=num_steps, seed=seed, rng_seed=seed + 1,
-    batch_spec=stage.int_batch(input_ids=(b, t), attention_mask=(b, t), labels=(b,)),
+    batch_spec=batch_spec,
     log_every=config.train.log_every, keep=config.train.keep_checkpoints,
     compiler_options=training.FAST_COMPILE if config.train.fast_compile else None, **options)
+
+
+def caches_frozen(config, cfg: ganbert.GanBertConfig) -> bool:
+  """Whether the frozen bottom's output is computed once and cached (model.cache_frozen, with freeze_layers > 0)."""
+  return bool(cfg.freeze_layers and config.model.get("cache_frozen", True))
+
+
+def with_frozen_features(enc: cls_data.Encoded, encoder: EncoderBundle, cfg: ganbert.GanBertConfig,
+                         batch_size: int) -> cls_data.Encoded:
+  """`enc` with `frozen` set: the frozen bottom's output for every row, without dropout, from the pre-trained
+  weights, which the frozen layers keep throughout training; computed once instead of in every step (on each
+  process, for all rows)."""
+  model = ganbert.make_classifier(encoder.config, cfg, nnx.Rngs(0))
+  nnx.update(model.encoder, encoder.params)
+  graphdef, params = nnx.split(model)
+  features = jax.jit(lambda p, ids, mask: nnx.merge(graphdef, p).frozen_features(ids, mask, cfg.freeze_layers))
+  parts = [np.asarray(features(params, enc.input_ids[i:i + batch_size], enc.attention_mask[i:i + batch_size]))
+           for i in range(0, len(enc), batch_size)]
+  return dataclasses.replace(enc, frozen=np.concatenate(parts))
 
 
 def dry_run_stages(config, mesh) -> list[stage.Stage]:
@@ -207,6 +231,8 @@ def train_and_evaluate(config, data: cls_data.ClassificationData, encoder: Encod
   examples = cls_data.training_examples(data, "ganbert" if method == "ganbert-sup-only" else method)
   train_enc = cls_data.encode_examples(examples, encoder.tokenizer, max_len)
   test_enc = cls_data.encode_examples(data.test, encoder.tokenizer, max_len)
+  if caches_frozen(config, cfg):
+    train_enc = with_frozen_features(train_enc, encoder, cfg, config.eval.batch_size)
 
   def evaluate(state) -> dict:
     predict_fn = predict.predict_fn(state.d.graphdef, cfg.num_classes, mesh)
@@ -220,7 +246,8 @@ def train_and_evaluate(config, data: cls_data.ClassificationData, encoder: Encod
     config, encoder.config, cfg, mesh, num_steps=p.steps, seed=seed,
     batches=lambda: cls_data.Batches(train_enc, config.data.batch_size, seed, pad_multiple),
     directory=workdir if resume else None, checkpoint_every=config.train.checkpoint_every if resume else 0,
-    meta={"method": method, "label_names": list(data.label_names), "seed": seed},
+    meta={"method": method, "label_names": list(data.label_names), "seed": seed,
+          **({"cache_frozen": cfg.freeze_layers} if caches_frozen(config, cfg) else {})},
     start=lambda state: with_encoder(state, encoder.params), evaluate=evaluate, writer=writer,
     show_progress=show_progress)
   try:
