@@ -9,6 +9,9 @@ draw, so a hard sample is an exact draw at T), and each (generator, T) is one po
                                diversity NLL-test   = -(1/NL) sum_n log p_{G_T}(x^n), x^n held-out real sentences
   text:                        quality   BLEU-5 of the samples against held-out sentences (higher is better)
                                diversity Self-BLEU-5 of the samples (lower = more diverse)
+  text, second plane:          quality   LM score = NLL of the samples under a stronger judge LM
+                               diversity reverse-LM score = NLL of real test text under an LM trained on the
+                                         samples (both lower = better; `jaxtextgan.frontier_lm`)
 
 p_{G_T}(x) is G's own likelihood at T, z included (`objectives.gan.sequence_nll`, a Monte Carlo estimate over K
 latents, exact for the MLE G whose latent projection is 0). Lower is better on both trigram axes and on Self-BLEU.
@@ -53,6 +56,13 @@ class Axes:
 ORACLE_AXES = Axes("nll_test", "nll_oracle", "NLL-test of G at T (lower = more diverse)",
                    "NLL-oracle of samples (lower = better)", True)
 TEXT_AXES = Axes("self_bleu5", "bleu5", "Self-BLEU-5 (lower = more diverse)", "BLEU-5 (higher = better)", False)
+LM_AXES = Axes("reverse_lm", "lm_score", "reverse-LM NLL of real test text (lower = more diverse)",
+               "LM score: judge's NLL of samples (lower = better)", True)
+
+
+def planes_of(rows: Sequence[dict], first: Axes) -> list[Axes]:
+  """`first`, then every other plane the rows have a point on (the BLEU plane also holds on the trigram oracle)."""
+  return [first] + [a for a in (TEXT_AXES, LM_AXES) if a != first and any(a.x in r and a.y in r for r in rows)]
 
 
 def axes_for(data: corpus.Corpus) -> Axes:
@@ -114,11 +124,13 @@ def held_out_targets(data: corpus.Corpus, length: int, split: str = "test", limi
 
 def sweep(generators: Sequence[Generator], data: corpus.Corpus, temperatures: Sequence[float], *, length: int,
           num_samples: int, seed: int, num_z: int = 4, batch_size: int = 256, max_references: int | None = 1000,
-          max_test: int | None = None, log=print) -> list[dict]:
-  """One row per (generator, temperature): {generator, temperature, nll_test, bleu5, self_bleu5, [nll_oracle]}.
+          max_test: int | None = None, lm_plane=None, log=print) -> list[dict]:
+  """One row per (generator, temperature): {generator, temperature, nll_test, bleu5, self_bleu5, [nll_oracle],
+  [lm_score, reverse_lm]}.
 
   Every point draws `num_samples` samples with key(seed) (common random numbers across temperatures and
   generators). BLEU-5 is against the valid sentences (at most `max_references`); Self-BLEU-5 over all samples.
+  `lm_plane` (a `frontier_lm.LMPlane`) adds the LM score, and the reverse-LM score at its temperatures.
   """
   temps = check_temperatures(temperatures)
   refs = data.sentences_of("valid")
@@ -135,6 +147,8 @@ def sweep(generators: Sequence[Generator], data: corpus.Corpus, temperatures: Se
       row["self_bleu5"] = metrics.self_bleu_scores(hyps, (5,), seed=seed)[5]
       if data.trigram is not None:
         row["nll_oracle"] = metrics.nll_oracle(ids, data.trigram.log_prob)
+      if lm_plane is not None:
+        row.update(lm_plane(g, t, ids))
       rows.append(row)
       if log:
         log("frontier " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -144,11 +158,18 @@ def sweep(generators: Sequence[Generator], data: corpus.Corpus, temperatures: Se
 # --- comparing curves ----------------------------------------------------------------------------------------------
 
 
+def points_of(rows: Sequence[dict], name: str, axes: Axes) -> list[tuple[float, float, float]]:
+  """(x, y, T) of generator `name`'s rows that have both of the plane's values (the reverse-LM score may be
+  computed at some temperatures only)."""
+  return [(r[axes.x], r[axes.y], r["temperature"]) for r in rows
+          if r["generator"] == name and axes.x in r and axes.y in r]
+
+
 def curve(rows: Sequence[dict], name: str, axes: Axes) -> tuple[np.ndarray, np.ndarray]:
   """(x, y) of generator `name`'s points, sorted by x (diversity)."""
-  pts = sorted((r[axes.x], r[axes.y]) for r in rows if r["generator"] == name)
+  pts = sorted(p[:2] for p in points_of(rows, name, axes))
   if not pts:
-    raise InputError(f"no frontier rows for generator {name!r}")
+    raise InputError(f"no frontier rows for generator {name!r} on the plane {axes.y} against {axes.x}")
   return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
 
@@ -188,7 +209,7 @@ def compare(rows: Sequence[dict], a: str, b: str, axes: Axes, points: int = 101)
   lo, hi = max(xa.min(), xb.min()), min(xa.max(), xb.max())
   out = {"a": a, "b": b, "a_dominated": pareto_dominated(rows, a, b, axes),
          "b_dominated": pareto_dominated(rows, b, a, axes), "efficient_points": (len(xa), len(xb))}
-  na, nb = (sum(r["generator"] == g for r in rows) for g in (a, b))
+  na, nb = (len(points_of(rows, g, axes)) for g in (a, b))
   pareto = f"Pareto-dominated points: {a} {out['a_dominated']}/{na}, {b} {out['b_dominated']}/{nb}"
   if not hi > lo:
     out.update(overlap=None, a_ahead=0.0, b_ahead=0.0, max_gap=0.0, intervals=[],
@@ -221,13 +242,15 @@ def compare(rows: Sequence[dict], a: str, b: str, axes: Axes, points: int = 101)
 
 def table(rows: Sequence[dict], keys: Sequence[str] | None = None) -> str:
   """Markdown table: one row per (generator, temperature)."""
-  keys = list(keys or [k for k in ("nll_oracle", "nll_test", "bleu5", "self_bleu5") if k in rows[0]])
+  keys = list(keys or [k for k in ("nll_oracle", "nll_test", "bleu5", "self_bleu5", "lm_score", "reverse_lm")
+                        if any(k in r for r in rows)])
   names = {"nll_oracle": "NLL-oracle", "nll_test": "NLL-test of G at T", "bleu5": "BLEU-5",
-           "self_bleu5": "Self-BLEU-5"}
+           "self_bleu5": "Self-BLEU-5", "lm_score": "LM score", "reverse_lm": "reverse-LM score"}
   lines = ["| generator | T | " + " | ".join(names.get(k, k) for k in keys) + " |",
            "|---|---|" + "---|" * len(keys)]
   for r in rows:
-    lines.append(f"| {r['generator']} | {r['temperature']:.2f} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |")
+    lines.append(f"| {r['generator']} | {r['temperature']:.2f} | "
+                 + " | ".join(f"{r[k]:.4f}" if k in r else "–" for k in keys) + " |")
   return "\n".join(lines)
 
 
@@ -238,31 +261,35 @@ def text_table(rows: Sequence[dict], axes: Axes) -> list[str]:
   return lines
 
 
-def plot(rows_by_panel: dict[str, Sequence[dict]], axes: Axes, path: pathlib.Path, title: str = "",
-         mean_rows: dict[str, Sequence[dict]] | None = None) -> None:
-  """One panel per key of `rows_by_panel` (e.g. a seed or a source); one curve per generator, points labelled with
-  T. With `mean_rows`, a last panel draws those (e.g. the mean over seeds)."""
+def plot(rows_by_panel: dict[str, Sequence[dict]], axes: Axes | Sequence[Axes], path: pathlib.Path,
+         title: str = "", mean_rows: dict[str, Sequence[dict]] | None = None) -> None:
+  """One column per key of `rows_by_panel` (e.g. a seed or a source) and one row of panels per plane of `axes` (one
+  Axes or several, e.g. [TEXT_AXES, LM_AXES]); one curve per generator, points labelled with T. With `mean_rows`, a
+  last column draws those (e.g. the mean over seeds)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  planes = [axes] if isinstance(axes, Axes) else list(axes)
   panels = dict(rows_by_panel)
   if mean_rows:
     panels.update(mean_rows)
-  fig, axs = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
-  for ax, (panel, rows) in zip(axs[0], panels.items()):
-    names = list(dict.fromkeys(r["generator"] for r in rows))
-    for name in names:
-      pts = sorted(((r[axes.x], r[axes.y], r["temperature"]) for r in rows if r["generator"] == name),
-                   key=lambda p: p[2])
-      xs, ys, ts = zip(*pts)
-      ax.plot(xs, ys, marker="o", label=name)
-      for x, y, t in zip(xs, ys, ts):
-        ax.annotate(f"{t:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
-    ax.set_xlabel(axes.x_label)
-    ax.set_ylabel(axes.y_label)
-    ax.set_title(str(panel), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+  fig, axs = plt.subplots(len(planes), len(panels), figsize=(5 * len(panels), 4.2 * len(planes)), squeeze=False)
+  for plane, ax_row in zip(planes, axs):
+    for ax, (panel, rows) in zip(ax_row, panels.items()):
+      for name in dict.fromkeys(r["generator"] for r in rows):
+        pts = sorted(points_of(rows, name, plane), key=lambda p: p[2])
+        if not pts:
+          continue
+        xs, ys, ts = zip(*pts)
+        ax.plot(xs, ys, marker="o", label=name)
+        for x, y, t in zip(xs, ys, ts):
+          ax.annotate(f"{t:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+      ax.set_xlabel(plane.x_label)
+      ax.set_ylabel(plane.y_label)
+      ax.set_title(str(panel), fontsize=9)
+      ax.grid(alpha=0.3)
+      if ax.get_legend_handles_labels()[0]:  # a panel without a point of this plane has no curve to name
+        ax.legend(fontsize=8)
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()

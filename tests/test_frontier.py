@@ -1,13 +1,19 @@
-"""The quality-diversity frontier (jaxtextgan/frontier.py) and G's own likelihood at a temperature
-(objectives.gan.conditional_log_probs / sequence_nll)."""
+"""The quality-diversity frontier (jaxtextgan/frontier.py, its LM plane jaxtextgan/frontier_lm.py) and G's own
+likelihood at a temperature (objectives.gan.conditional_log_probs / sequence_nll)."""
+
+import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtextgan import frontier, losses
+from jaxtextgan import frontier, frontier_lm, losses, tokenizers
+from jaxtextgan import sharding as shd
+from jaxtextgan.config import gpt2_model_config
 from jaxtextgan.data import corpus
 from jaxtextgan.data import trigram
 from jaxtextgan.errors import InputError
@@ -138,3 +144,80 @@ def test_hot_points_worse_on_both_axes_leave_the_frontier():
   x, y = frontier.efficient(rows, "a", frontier.ORACLE_AXES)
   np.testing.assert_array_equal(x, [2.8, 3.0])
   np.testing.assert_array_equal(y, [2.8, 2.0])
+
+
+# --- the LM plane on text: LM score against reverse-LM score (jaxtextgan/frontier_lm.py) ---------------------------
+
+L = 6  # words per oracle sentence: a row [eos, w_1..w_6] is one sentence
+
+
+def _lm_block(steps, **extra):
+  """config.frontier.judge / reverse_lm, tiny."""
+  model = gpt2_model_config(vocab_size=0, n_layer=1, d_model=16, n_head=2, d_ff=32, max_len=8, dropout=0.0)
+  return ml_collections.ConfigDict({**dict(model=model, seq_len=8, batch_size=16, steps=steps, lr=1e-2,
+                                           warmup_steps=0, weight_decay=0.0, num_samples=0, temperatures=()), **extra})
+
+
+@pytest.fixture(scope="module")
+def text_plane():
+  """A word-level text corpus of trigram-oracle sentences ("w3 w7 ...", one per line) and its LM plane: a judge
+  trained 150 steps on its train stream."""
+  oracle = trigram.TrigramLM(seed=0, vocab_size=10, sentence_len=L)
+  splits = {name: "".join(" ".join(f"w{w}" for w in row) + "\n" for row in oracle.sample(n, np.random.default_rng(i)))
+            for i, (name, n) in enumerate((("train", 300), ("valid", 30), ("test", 60)))}
+  data = corpus.text_corpus(splits, tokenizers.build_tokenizer("word", corpus_text=splits["train"]), 8, None)
+  mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  eval_cfg = ml_collections.ConfigDict(dict(batch_size=32, perplexity="blocks"))
+  plane, reference = frontier_lm.plane(_lm_block(150), _lm_block(120), data, length=L, eval_cfg=eval_cfg, mesh=mesh,
+                                       seed=0)
+  return data, plane, reference
+
+
+def test_the_judge_and_the_reverse_lm_tell_real_text_from_random_tokens(text_plane):
+  """LM score: the judge's NLL of real test rows is far below its NLL of uniform-random rows. Reverse-LM score: an
+  LM trained on real sentences scores the real test rows better than one trained on as many random rows."""
+  data, plane, reference = text_plane
+  rng = np.random.default_rng(0)
+  random_NL = rng.integers(0, data.vocab_size, (200, L))
+  assert reference["real_lm_score"] < plane.lm_score(random_NL) - 0.5
+  assert reference["judge"]["test"]["nll"] < np.log(data.vocab_size)
+  real_NL = data.sentence_starts("train", L)[:200, 1:]
+  assert len(real_NL) == 200
+  assert plane.reverse_lm(real_NL) < plane.reverse_lm(random_NL) - 0.5
+
+
+def test_sweep_adds_the_lm_plane_to_table_plot_and_comparison(text_plane, tmp_path):
+  """On text, with a plane: every row has an LM score, only the reverse-LM temperatures a reverse-LM score (each
+  reverse LM in its own workdir); the table, the two-plane PNG and the matched comparison take the new plane."""
+  data, plane, reference = text_plane
+  plane = dataclasses.replace(plane, reverse=_lm_block(20, temperatures=(1.5,)),
+                              directory=tmp_path / "reverse_lm")
+  cfg = gen_lib.GeneratorConfig(kind="gpt2", length=L, latent_dim=Z, bos_id=data.bos_id, forbidden_ids=())
+  lm_cfg = LM_CFG.replace(vocab_size=data.vocab_size)
+  gens = [frontier.Generator(name, *nnx.split(gen_lib.make_generator(cfg, lm_cfg, rngs=nnx.Rngs(i)), nnx.Param), Z)
+          for i, name in enumerate(("a", "b"))]
+  rows = frontier.sweep(gens, data, (0.7, 1.5), length=L, num_samples=32, seed=0, num_z=1, batch_size=32,
+                        lm_plane=plane, log=None)
+  assert [("reverse_lm" in r) for r in rows] == [False, True, False, True]
+  assert all(np.isfinite(r["lm_score"]) for r in rows)
+  # An untrained G draws near-uniform tokens: the judge scores them worse than real text.
+  assert min(r["lm_score"] for r in rows) > reference["real_lm_score"]
+  assert (tmp_path / "reverse_lm" / "a_T1.5" / "done.json").is_file()
+  assert frontier.planes_of(rows, frontier.TEXT_AXES) == [frontier.TEXT_AXES, frontier.LM_AXES]
+  md = frontier.table(rows)
+  assert "| LM score | reverse-LM score |" in md and "| a | 0.70 |" in md and md.endswith(" |")
+  assert md.splitlines()[2].endswith("| – |")  # a at T = 0.7: no reverse LM
+  out = frontier.compare(rows, "a", "b", frontier.LM_AXES)
+  # One reverse-LM point per curve: no diversity range to match on, and the Pareto counts are out of that point.
+  assert out["overlap"] is None and re.search(r"a \d/1, b \d/1$", out["verdict"]), out["verdict"]
+  frontier.plot({"seed 0": rows}, [frontier.TEXT_AXES, frontier.LM_AXES], tmp_path / "f.png")
+  assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_the_lm_plane_refuses_the_oracle_and_a_short_context():
+  oracle = trigram.TrigramLM(seed=0, vocab_size=V - 1, sentence_len=T)
+  data = corpus.oracle_corpus(oracle, oracle.corpus(sizes={"train": 50, "valid": 4, "test": 4}), "trigram:test")
+  with pytest.raises(InputError, match="text_lm_scores=False"):
+    frontier_lm.judge_stage(_lm_block(1), data, T, 32, None, None, 0)
+  with pytest.raises(InputError, match="reverse_lm.model.max_len=8 .* at least 12"):
+    frontier_lm.lm_stage("reverse_lm", _lm_block(1), np.zeros((16, 13), np.int32), V, None, 0, {})
