@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
     source="ptb", train_file="", valid_file="", test_file="", tfds_name="", tfds_data_dir="", text_key="text",
-    seq_len=32, batch_size=32))
+    seq_len=32, batch_size=32, shards_dir="", workers=0))  # source 'shards': every stage reads shards_dir
   c.tokenizer = ml_collections.ConfigDict(dict(spec="word", vocab_size=0))
   # The discriminator shares this architecture; an untied output layer and bias let it start at r = 1/2.
   c.model = model_config(vocab_size=0, n_layer=2, d_model=128, n_head=4, d_ff=512, max_len=32, dropout=0.1,

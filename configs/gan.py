@@ -18,10 +18,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)
 
-  # source: ptb | text | tfds | trigram. seq_len / batch_size are the MLE pre-training blocks of G.
+  # source: ptb | text | tfds | trigram | shards. seq_len / batch_size are the MLE pre-training blocks of G; shards:
+  # G's pre-training reads shards_dir (python -m jaxtextgan.prepare) through Grain with `workers` processes.
   c.data = ml_collections.ConfigDict(dict(
     source="ptb", train_file="", valid_file="", test_file="", tfds_name="", tfds_data_dir="", text_key="text",
-    seq_len=32, batch_size=24,
+    seq_len=32, batch_size=24, shards_dir="", workers=0,
     # The synthetic trigram oracle (data/trigram.py): vocabulary, sentence length and split sizes.
     trigram=dict(vocab_size=30, sentence_len=10, seed=0, train=20000, valid=1000, test=1000)))
   c.tokenizer = ml_collections.ConfigDict(dict(spec="word", vocab_size=0))

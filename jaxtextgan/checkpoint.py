@@ -7,15 +7,16 @@ warning, and the previous one is used. A readable checkpoint of another model la
 from __future__ import annotations
 
 import json
-import pathlib
-import shutil
+import os
 import warnings
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxtextgan.errors import InputError
+from jaxtextgan.writers import workdir_path
 
 
 def _arrays(state) -> dict[str, Any]:
@@ -29,8 +30,8 @@ def _arrays(state) -> dict[str, Any]:
 class Checkpointer:
   """Saves every `save_every` steps (and on demand), keeps the newest `keep` checkpoints."""
 
-  def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+  def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
+    self.directory = workdir_path(directory)  # local or gs://, as orbax takes it
     self.keep = keep
     self._async = async_save
     self._manager = self._open()
@@ -112,7 +113,7 @@ class Checkpointer:
                      f"{len(missing)} arrays missing, {len(extra)} unknown): resume with the model settings it was "
                      f"saved with (e.g. model.scan_layers), or use a new workdir; the checkpoint is left as it is")
 
-  def _set_aside(self, step: int) -> pathlib.Path:
+  def _set_aside(self, step: int) -> epath.Path:
     src = self.directory / str(step)
     dest_dir = self.directory.parent / "corrupt_checkpoints"
     dest = dest_dir / str(step)
@@ -122,7 +123,7 @@ class Checkpointer:
       n += 1
     if jax.process_index() == 0:
       dest_dir.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(src), str(dest))
+      src.rename(dest)
     self._manager.close()
     self._manager = self._open()
     return dest
@@ -164,9 +165,9 @@ def check_meta(saved: dict, expected: dict, where) -> None:
                      "config it was trained with")
 
 
-def read_meta(directory: str | pathlib.Path, step: int | None = None) -> tuple[dict, int]:
-  """JSON metadata of a checkpoint directory without restoring arrays: (meta, step)."""
-  directory = pathlib.Path(directory)
+def read_meta(directory: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
+  """JSON metadata of a checkpoint directory (local or gs://) without restoring arrays: (meta, step)."""
+  directory = epath.Path(directory)
   if not directory.is_dir():
     raise InputError(f"checkpoint directory {directory} does not exist: point to a workdir's 'checkpoints' folder")
   steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())

@@ -200,7 +200,7 @@ def _marker(out: str, unit: dict) -> epath.Path:
 
 def _is_local(path: epath.Path) -> bool:
   """Whether `path` is on a local disk (else a bucket: write a local file, then copy)."""
-  return isinstance(path, epath.gpath.PosixGPath)
+  return "://" not in os.fspath(path)  # a gs:// path is a PosixGPath too
 
 
 def _local_tokenizer(out: str) -> str:

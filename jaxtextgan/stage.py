@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
+import os
 import time
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
+from etils import epath
 
 from jaxtextgan import checkpoint, loop, mfu, training, writers
 from jaxtextgan import sharding as shd
@@ -46,7 +47,8 @@ class Stage:
   evaluate: `state -> {split: metrics}` after the last step, written to metrics.jsonl and done.json.
   probe / probe_every: `(state, step) -> metrics`, written as split 'valid' during training.
   meta: JSON recorded in every checkpoint; a checkpoint whose meta disagrees on any of these keys is refused.
-  directory: checkpoints/, metrics.jsonl and done.json; None trains without checkpoints (one-shot runs).
+  directory: checkpoints/, metrics.jsonl and done.json (a local path or an epath.Path, gs:// included); None
+    trains without checkpoints (one-shot runs).
   """
   name: str
   init: Callable[[jax.Array], Any]
@@ -56,7 +58,7 @@ class Stage:
   num_steps: int
   seed: int
   rng_seed: int
-  directory: pathlib.Path | None
+  directory: os.PathLike | None
   meta: dict = dataclasses.field(default_factory=dict)
   start: Callable[[Any], Any] | None = None
   frozen: dict | None = None
@@ -91,8 +93,8 @@ def shardings_of(init: Callable, mesh) -> tuple[Any, Any]:
   return training.abstract_state(init, jax.random.key(0), mesh)
 
 
-def read_done(directory: pathlib.Path | None) -> dict | None:
-  path = None if directory is None else directory / DONE
+def read_done(directory: str | os.PathLike | None) -> dict | None:
+  path = None if directory is None else epath.Path(directory) / DONE
   return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
@@ -104,7 +106,7 @@ def is_done(stage: Stage) -> bool:
 def run_stage(stage: Stage, mesh) -> StageResult:
   """Trains (or resumes, or skips) `stage` on `mesh`; raises `Preempted` on SIGTERM after saving."""
   abstract, shardings = shardings_of(stage.init, mesh)
-  directory = stage.directory
+  directory = None if stage.directory is None else epath.Path(stage.directory)
   ckpt = None
   if directory is not None:
     if jax.process_index() == 0:
@@ -227,7 +229,7 @@ class _NoWriter:
   flush = close = write
 
 
-def write_json(path: pathlib.Path, obj) -> None:
-  """JSON on process 0 (every process computes the same values)."""
+def write_json(path: str | os.PathLike, obj) -> None:
+  """JSON on process 0 (every process computes the same values); local or gs:// through epath."""
   if jax.process_index() == 0:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    epath.Path(path).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

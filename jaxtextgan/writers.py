@@ -1,13 +1,18 @@
-"""Run outputs on process 0: metrics.jsonl, TensorBoard events, text samples and PNG curves."""
+"""Run outputs on process 0: metrics.jsonl, TensorBoard events, text samples and PNG curves.
+
+Paths go through `etils.epath`, so a workdir may be a local folder or a bucket (`gs://...`).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import pathlib
+import os
 from typing import Mapping, Sequence
 
 import jax
+from etils import epath
 
 from jaxtextgan.errors import InputError
 
@@ -17,7 +22,7 @@ NOTES_MARKER = "<!-- notes: text below this line is kept when the report is rewr
 def write_report(path, text: str) -> None:
   """Writes a Markdown report that ends in NOTES_MARKER; hand-written notes below the marker of the file it
   replaces are kept, so re-running a results command never loses them."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   notes = ""
   if path.exists():
@@ -28,12 +33,19 @@ def write_report(path, text: str) -> None:
   path.write_text(body + (notes if notes.strip() else "") + "\n", encoding="utf-8")
 
 
-def ensure_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
-  """Creates `workdir` and proves it writable, else a one-line InputError."""
-  if "://" in str(workdir):
-    raise InputError(f"workdir {workdir} is a URL: pass a local path or a shared filesystem mounted on every host "
-                     "(e.g. gcsfuse for a GCS bucket)")
-  path = pathlib.Path(workdir).expanduser().absolute()
+def is_local(path: str | os.PathLike) -> bool:
+  """Whether `path` is on a local (or mounted) filesystem rather than a URL such as gs://bucket/run."""
+  return "://" not in os.fspath(path)
+
+
+def workdir_path(path: str | os.PathLike) -> epath.Path:
+  """`path` as an epath.Path: a URL as given, a local path with ~ expanded and made absolute."""
+  return epath.Path(path).expanduser().absolute() if is_local(path) else epath.Path(path)
+
+
+def ensure_workdir(workdir: str | os.PathLike) -> epath.Path:
+  """Creates `workdir` (local or gs://) and proves it writable, else a one-line InputError."""
+  path = workdir_path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f".write_probe_{jax.process_index()}"
@@ -52,13 +64,13 @@ def _scalar(v):
 class MetricWriter:
   """Appends {"step", "split", **scalars} lines to metrics.jsonl and mirrors them to TensorBoard."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True):
+  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
     self.active = jax.process_index() == 0
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.path = epath.Path(workdir) / "metrics.jsonl"
     self._tb = None
     if self.active and tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      self._tb = SummaryWriter(os.fspath(epath.Path(workdir) / "tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float], split: str = "train") -> None:
     if not self.active:
@@ -83,14 +95,14 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_metrics(path: str | pathlib.Path) -> list[dict]:
-  path = pathlib.Path(path)
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+  path = epath.Path(path)
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path,
+def plot_curves(metrics_path: str | os.PathLike, png_path: str | os.PathLike,
                 panels: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> None:
   """One panel per (title, [(split, key), ...]); a curve per (split, key) found in metrics.jsonl."""
   if jax.process_index() != 0:
@@ -114,14 +126,16 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(png_path, dpi=110)
+  png = io.BytesIO()  # rendered in memory, then written through epath (matplotlib writes local files only)
+  fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
+  epath.Path(png_path).write_bytes(png.getvalue())
 
 
-def write_samples(path: str | pathlib.Path, texts: Sequence[str], header: str = "") -> None:
+def write_samples(path: str | os.PathLike, texts: Sequence[str], header: str = "") -> None:
   if jax.process_index() != 0:
     return
-  with pathlib.Path(path).open("w", encoding="utf-8") as f:
+  with epath.Path(path).open("w", encoding="utf-8") as f:
     if header:
       f.write(header.rstrip() + "\n\n")
     for i, t in enumerate(texts):

@@ -10,6 +10,9 @@ REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
 # The options every launcher takes, and their defaults.
 SUBCOMMAND=""
 CONFIG=${JTG_CONFIG:-}
+# A local or mounted path, or a bucket: run outputs and checkpoints go through etils.epath (and orbax), e.g.
+#   JTG_WORKDIR=gs://BUCKET/runs/gan1 launch/tpu_vm.sh run --name=jtg --zone=us-central2-b --config=configs/gan.py
+# (a gs:// workdir needs gcsfs on the workers for epath, and google-cloud-storage for TensorBoard's events).
 WORKDIR=${JTG_WORKDIR:-}
 MAIN_ARGS=()
 DRY_RUN=0

@@ -45,7 +45,7 @@ Options (environment variable in brackets):
                         absolute (default: jaxtextgan); the venv is DIR/.venv [JTG_REMOTE_DIR]
   --config FILE         run: config file, relative to the code directory, e.g. configs/gan.py [JTG_CONFIG]
   --workdir DIR         run: run directory; for a multi-host slice it must be shared by all
-                        workers, e.g. /mnt/shared/run1 [JTG_WORKDIR]
+                        workers, e.g. /mnt/shared/run1 or gs://BUCKET/run1 [JTG_WORKDIR]
   --config.KEY=VALUE    run: config override passed through to jaxtextgan.main (repeatable)
   -- MAIN_FLAGS         run: everything after -- is passed to jaxtextgan.main unchanged
   --env NAME=VALUE      run: environment variable for the training process (repeatable)
@@ -64,6 +64,7 @@ Examples:
   $PROG setup  --name=jtg --zone=us-central2-b
   $PROG run    --name=jtg --zone=us-central2-b --config=configs/gan.py --workdir=/mnt/shared/gan1 \\
                --config.train.steps=20000
+  $PROG run    --name=jtg --zone=us-central2-b --config=configs/lm.py --workdir=gs://BUCKET/lm1
   $PROG logs   --name=jtg --zone=us-central2-b --follow
   $PROG delete --name=jtg --zone=us-central2-b
 EOF

@@ -6,6 +6,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from etils import epath
 
 from jaxtextgan import checkpoint
 from jaxtextgan import sharding as shd
@@ -26,7 +27,10 @@ def leaves(state):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get((state.params, state.opt_state, state.step)))]
 
 
-def test_round_trip_restores_every_array_and_meta(tmp_path):
+@pytest.mark.parametrize("as_path", [pathlib.Path, epath.Path], ids=["pathlib", "epath"])
+def test_round_trip_restores_every_array_and_meta(tmp_path, as_path):
+  """Also through an epath.Path (what a gs:// workdir is)."""
+  tmp_path = as_path(tmp_path)
   state = make_state(0)
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt", keep=2)
   ckpt.save(7, state, {"data": {"epoch": 2, "index_in_epoch": 5, "seed": 0}})
@@ -59,7 +63,8 @@ def test_keeps_newest_n(tmp_path):
   assert ckpt.steps == [2, 3]
 
 
-def test_corrupt_latest_falls_back_and_is_kept(tmp_path):
+@pytest.mark.parametrize("as_path", [pathlib.Path, epath.Path], ids=["pathlib", "epath"])
+def test_corrupt_latest_falls_back_and_is_kept(tmp_path, as_path):
   states = [make_state(0), make_state(1)]
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt", keep=3)
   ckpt.save(1, states[0], {"n": 1})
@@ -70,7 +75,7 @@ def test_corrupt_latest_falls_back_and_is_kept(tmp_path):
   for p in data_files:
     p.write_bytes(b"garbage")
   with pytest.warns(UserWarning, match=r"checkpoint .*2 could not be restored.*moved to"):
-    restored, meta, step = checkpoint.Checkpointer(tmp_path / "ckpt").restore_latest(make_state(2))
+    restored, meta, step = checkpoint.Checkpointer(as_path(tmp_path) / "ckpt").restore_latest(make_state(2))
   assert step == 1 and meta == {"n": 1}
   for a, b in zip(leaves(states[0]), leaves(restored)):
     np.testing.assert_array_equal(a, b)

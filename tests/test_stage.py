@@ -1,17 +1,25 @@
-"""`stage.run_stage`: done/skip, exact resume after preemption, meta refusal, multi-step iterations, `start`, `lower`."""
+"""`stage.run_stage`: done/skip, exact resume after preemption (pathlib or epath), meta refusal, multi-step iterations,
+`start`, `lower`; run outputs of a gs:// workdir through epath."""
 
+import contextlib
 import dataclasses
 import itertools
 import json
+import os
+import pathlib
 
 import jax
 import numpy as np
 import pytest
+from etils import epath
+from etils.epath import testing as epath_testing
 
 from jaxtextgan import errors, loop, stage, writers
 from jaxtextgan import sharding as shd
+from jaxtextgan.config import load_config
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import lm
+from jaxtextgan.tasks import common
 from jaxtextgan.tasks import lm as lm_task
 
 CFG = gpt2.GPT2Config(vocab_size=32, max_len=16, n_layer=1, d_model=16, n_head=2, d_ff=32, dropout=0.0)
@@ -77,8 +85,11 @@ def test_run_writes_done_and_second_run_skips(base, mesh, tmp_path, monkeypatch)
   assert_params_close(again.state, first.state, atol=0)
 
 
-def test_preempted_stage_resumes_exactly(base, mesh, tmp_path, monkeypatch):
-  """Stopped after iteration 2, the stage names itself and step 2; the rerun ends where a straight run does."""
+@pytest.mark.parametrize("as_path", [pathlib.Path, epath.Path], ids=["pathlib", "epath"])
+def test_preempted_stage_resumes_exactly(base, mesh, tmp_path, monkeypatch, as_path):
+  """Stopped after iteration 2, the stage names itself and step 2; the rerun ends where a straight run does. Also
+  with an epath.Path directory (what a gs:// workdir is): checkpoints, metrics and done.json go through epath."""
+  tmp_path = as_path(tmp_path)
   straight = stage.run_stage(dataclasses.replace(base, directory=tmp_path / "straight"), mesh)
   st = dataclasses.replace(base, directory=tmp_path / "cut")
   stop_at(monkeypatch, 2)
@@ -202,3 +213,46 @@ def test_lower_compiles_abstract_steps(base, mesh):
       k: (v.shape, v.dtype) for k, v in st.batch_spec.items()}
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves((state, batch, key)))
     assert fn.lower(*args).compile().cost_analysis() is not None
+
+
+@contextlib.contextmanager
+def fake_bucket(root):
+  """gs://bucket/... served from the folder `root` by epath's backend: what goes through epath lands there, while a
+  write that bypasses epath (open, pathlib) would make a local 'gs:' folder instead."""
+  def local(path):
+    path = os.fspath(path)
+    return os.fspath(root / path[len("gs://bucket/"):]) if path.startswith("gs://bucket/") else path
+
+  one = lambda fn, path, *args, **kwargs: fn(local(path), *args, **kwargs)
+  two = lambda fn, path, dst, *args, **kwargs: fn(local(path), local(dst), *args, **kwargs)
+  names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rmtree", "stat", "walk")
+  with epath_testing.mock_epath(copy=two, rename=two, replace=two, **{name: one for name in names}):
+    yield
+
+
+def test_run_outputs_go_to_a_gs_workdir_through_epath(tmp_path, monkeypatch):
+  """--workdir=gs://bucket/run: config.json, the tokenizer, metrics, TensorBoard's folder, samples, curves, reports,
+  JSON and done.json are all written through epath (here to a fake bucket), none to a local 'gs:' folder."""
+  import tensorboardX  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)  # where pathlib would put gs://bucket/run: ./gs:/bucket/run
+  boards = []
+  monkeypatch.setattr(tensorboardX, "SummaryWriter", lambda logdir: boards.append(logdir) or None)
+  config = load_config(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lm.py", {"mesh_shape": (1, 1, 1)})
+  bucket = tmp_path / "bucket" / "run"
+  with fake_bucket(tmp_path / "bucket"):
+    run = common.start(config, "gs://bucket/run")
+    assert str(run.workdir) == "gs://bucket/run" and boards == ["gs://bucket/run/tensorboard"]
+    run.writer._tb = None  # pylint: disable=protected-access  # the stand-in above
+    words = common.tokenizer_for(run.workdir, "word", "the cat sat\n")
+    assert common.tokenizer_for(run.workdir, "word", "other text\n").spec == words.spec  # read back
+    for step, loss in ((1, 2.0), (2, 1.0)):
+      run.writer.write(step, {"loss": loss})
+    writers.write_samples(run.workdir / "samples.txt", ["the cat"], header="step 2")
+    writers.plot_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png", [("loss", [("train", "loss")])])
+    writers.write_report(run.workdir / "report.md", "# report")
+    stage.write_json(run.workdir / "done.json", {"step": 2})
+    assert stage.read_done(run.workdir) == {"step": 2}
+    assert [r["loss"] for r in writers.read_metrics(run.workdir / "metrics.jsonl")] == [2.0, 1.0]
+  assert sorted(p.name for p in bucket.iterdir()) == ["config.json", "curves.png", "done.json", "metrics.jsonl",
+                                                      "report.md", "samples.txt", "tokenizer"]
+  assert (bucket / "curves.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "gs:").exists()

@@ -19,7 +19,8 @@ from jaxtextgan.errors import InputError
 class Corpus:
   """What the LM, the GAN and dfine take from a text source (PTB, text files, TFDS) or the trigram oracle.
 
-  blocks: int32 (n, T+1) per split, [x_0..x_T]; a trigram block is one sentence [S, w_1..w_L].
+  blocks: int32 (n, T+1) per split, [x_0..x_T]; a trigram block is one sentence [S, w_1..w_L]. From shards
+    (`shard_corpus`) the train split is a `data.shards.ShardSplit` on disk instead.
   bos_id: the token a generated sequence starts after (end-of-sentence for text, the start token S for trigram).
   forbidden_ids: ids a generator must never emit (S). streams: the token stream per split (text sources).
   trigram: the TrigramLM (exact p) when synthetic, with its `sentences` and the test targets' exact `test_log_p`.
@@ -63,6 +64,8 @@ class Corpus:
   def sentence_starts(self, split: str, length: int) -> np.ndarray:
     """int32 rows [bos, x_1..x_length] of real text that starts a sentence, as a generator's samples do (without a
     token stream, the blocks themselves: trigram sentences, or a dry run's placeholder)."""
+    if hasattr(self.blocks[split], "sentence_starts"):  # shards on disk: a bounded sample of their blocks
+      return self.blocks[split].sentence_starts(self.bos_id, length)
     if self.trigram is not None or self.streams is None:
       return self.blocks[split]
     tokens = self.streams[split]
@@ -81,6 +84,15 @@ def text_corpus(splits, tokenizer, seq_len: int, cache_dir: pathlib.Path | None)
   return Corpus(blocks={k: b.blocks for k, b in blocks.items()}, vocab_size=tokenizer.vocab_size,
                 tokenizer_spec=tokenizer.spec, bos_id=0 if eos is None else eos,
                 streams={k: b.tokens for k, b in blocks.items()}, tokenizer=tokenizer)
+
+
+def shard_corpus(tokenizer, blocks: dict) -> Corpus:
+  """The Corpus of `data.source='shards'` from `tasks.lm.shard_data`'s (tokenizer, blocks): train stays a ShardSplit
+  on disk; valid and test are LMBlocks read whole from their shards (small: perplexity, BLEU's references)."""
+  eos = tokenizer.eos_id
+  return Corpus(blocks={k: getattr(b, "blocks", b) for k, b in blocks.items()}, vocab_size=tokenizer.vocab_size,
+                tokenizer_spec=tokenizer.spec, bos_id=0 if eos is None else eos,
+                streams={k: b.tokens for k, b in blocks.items() if hasattr(b, "tokens")}, tokenizer=tokenizer)
 
 
 def oracle_corpus(lm: tg.TrigramLM, sentences: dict[str, np.ndarray], spec: str,

@@ -26,6 +26,7 @@ from jaxtextgan.data import lm as lm_data
 from jaxtextgan.errors import InputError
 
 MANIFEST = "manifest.json"
+SAMPLE_TOKENS = 1 << 22  # the GAN's real sentences come from this many tokens of train blocks at most (16 MiB)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -83,11 +84,36 @@ class ShardSplit:
     import grain  # pylint: disable=import-outside-toplevel
     return grain.sources.ArrayRecordDataSource([os.fspath(p) for p in self.paths])
 
+  def read(self, rows) -> np.ndarray:
+    """Blocks `rows` (indices, in that order) by random access: int32 (len(rows), block_len)."""
+    data = b"".join(self.source().__getitems__([int(i) for i in rows]))
+    return np.frombuffer(data, "<i4").astype(np.int32).reshape(-1, self.block_len)
+
   def load(self) -> lm_data.LMBlocks:
     """Every block in memory, in order (for the small valid/test splits)."""
-    src = self.source()
-    data = b"".join(src.__getitems__(range(len(src))))
-    return lm_data.LMBlocks(np.frombuffer(data, "<i4").astype(np.int32), self.seq_len, name=self.name)
+    return lm_data.LMBlocks(self.read(range(len(self))).reshape(-1), self.seq_len, name=self.name)
+
+  def token_counts(self, vocab_size: int, chunk: int = 4096) -> np.ndarray:
+    """Occurrences of each id among the targets of every block (all tokens but each block's first), read
+    `chunk` blocks at a time: one pass over the split, memory flat."""
+    counts = np.zeros(vocab_size, np.int64)
+    for a in range(0, len(self), chunk):
+      targets = self.read(range(a, min(a + chunk, len(self))))[:, 1:].ravel()
+      counts += np.bincount(targets[targets < vocab_size], minlength=vocab_size)
+    return counts
+
+  def sentence_starts(self, bos_id: int, length: int, max_tokens: int = SAMPLE_TOKENS) -> np.ndarray:
+    """int32 rows [bos, x_1..x_length] of text that starts a sentence inside a block (a start that a block cuts
+    is skipped), from a sample of at most `max_tokens` tokens of whole blocks (all of a smaller split): a GAN's
+    real sentences, held in memory. The sample is drawn with a fixed seed, so every process and every resume hold
+    the same rows."""
+    n = min(len(self), max(1, max_tokens // self.block_len))
+    blocks = self.read(np.sort(np.random.default_rng(0).choice(len(self), n, replace=False)))
+    b, at = np.nonzero(blocks[:, :self.block_len - length] == bos_id)
+    if b.size == 0:
+      raise InputError(f"the {self.name} shards in {self.directory} have no sentence of {length} tokens after an "
+                       "end-of-sentence token inside a block: use a smaller generator.length or a longer seq_len")
+    return blocks[b[:, None], at[:, None] + np.arange(length + 1)[None, :]]
 
   def batch_iterator(self, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
                      workers: int | None = None) -> "GrainBatches":

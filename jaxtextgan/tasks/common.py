@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import tempfile
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
+from etils import epath
 
+from jaxtextgan import prepare
 from jaxtextgan import sharding as shd
 from jaxtextgan import tokenizers as tok
 from jaxtextgan import writers
+from jaxtextgan.data import corpus
 from jaxtextgan.data import lm as lm_data
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
@@ -21,8 +27,8 @@ from jaxtextgan.models import gpt2
 
 @dataclasses.dataclass
 class Run:
-  """What a task needs about where and how it runs."""
-  workdir: pathlib.Path
+  """What a task needs about where and how it runs (`workdir`: local or a bucket, `writers.workdir_path`)."""
+  workdir: epath.Path
   mesh: Any
   writer: writers.MetricWriter
   config: ml_collections.ConfigDict
@@ -32,7 +38,7 @@ class Run:
     return jax.process_index() == 0
 
 
-def start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run:
+def start(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Run:
   """Checks the workdir is writable, builds the mesh once and writes config.json."""
   path = writers.ensure_workdir(workdir)
   mesh = shd.make_mesh(tuple(config.mesh_shape))
@@ -51,23 +57,74 @@ def text_splits(data_cfg) -> dict:
                                     data_cfg.get("test_file") or None)
   if source == "tfds":
     return lm_data.tfds_splits(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.get("text_key", "text"))
-  raise InputError(f"data.source={source!r} is unknown: use 'ptb', 'text' or 'tfds'")
+  raise InputError(f"data.source={source!r} is unknown: use 'ptb', 'text', 'tfds' or 'shards'")
 
 
-def tokenizer_for(run_dir: pathlib.Path, spec: str, train_text, vocab_size: int | None = None) -> tok.Tokenizer:
-  """The workdir's saved tokenizer when resuming, else a new one from `spec`, saved to <workdir>/tokenizer."""
-  saved = run_dir / "tokenizer"
+def text_corpus(workdir, cfg, tokenizer: tok.Tokenizer | None = None) -> corpus.Corpus:
+  """The Corpus of a text `cfg.data.source` for a run in `workdir`: ptb / text / tfds read whole and tokenized by
+  `tokenizer` (else the workdir's, or a new one from cfg.tokenizer); 'shards' as `tasks.lm.shard_data` opens them:
+  the train split stays on disk, read through Grain, while valid and test are read whole from their shards (they
+  are small, and perplexity and BLEU's references need them in memory)."""
+  if cfg.data.source == "shards":
+    from jaxtextgan.tasks import lm as lm_task  # pylint: disable=import-outside-toplevel  # it imports this module
+    return corpus.shard_corpus(*lm_task.shard_data(cfg, Run(workdir, None, None, cfg)))
+  splits = text_splits(cfg.data)
+  tokenizer = tokenizer or tokenizer_for(workdir, cfg.tokenizer.spec, splits["train"],
+                                         cfg.tokenizer.get("vocab_size") or None)
+  return corpus.text_corpus(splits, tokenizer, cfg.data.seq_len, cache_dir(workdir))
+
+
+def cache_dir(workdir) -> pathlib.Path | None:
+  """<workdir>/cache for tokenized text, on a local workdir only (`data.lm.tokenize` writes through pathlib)."""
+  return pathlib.Path(workdir) / "cache" if writers.is_local(workdir) else None
+
+
+def train_batches(blocks, batch_size: int, seed: int):
+  """This process's endless, resumable batches of train `blocks`: in memory, or a ShardSplit read through Grain."""
+  if hasattr(blocks, "batch_iterator"):
+    return blocks.batch_iterator(batch_size, seed, jax.process_index(), jax.process_count())
+  return lm_data.BatchIterator(blocks, batch_size, seed=seed, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+
+
+def target_counts(blocks, vocab_size: int) -> np.ndarray:
+  """Occurrences of each id among the targets of train `blocks`: counted in memory, or streamed from shards."""
+  if hasattr(blocks, "token_counts"):
+    return blocks.token_counts(vocab_size)
+  return np.bincount(blocks[:, 1:].ravel(), minlength=vocab_size)
+
+
+def read_blocks(blocks, rows) -> np.ndarray:
+  """Blocks `rows` of train `blocks`, in memory or read from shards."""
+  return blocks.read(rows) if hasattr(blocks, "read") else blocks[rows]
+
+
+def tokenizer_for(run_dir, spec: str, train_text, vocab_size: int | None = None) -> tok.Tokenizer:
+  """The workdir's saved tokenizer when resuming, else a new one from `spec`, saved to <workdir>/tokenizer.
+
+  `tokenizers` reads and writes local folders, so in a bucket the files go through a local temporary folder."""
+  saved = epath.Path(run_dir) / "tokenizer"
+  local = writers.is_local(saved)
   if saved.is_dir():
-    tokenizer = tok.load_tokenizer(saved)
-    return tokenizer
+    if local:
+      return tok.load_tokenizer(saved)
+    with tempfile.TemporaryDirectory() as tmp:
+      return tok.load_tokenizer(prepare.copy_tokenizer(saved, tmp))
   tokenizer = tok.build_tokenizer(spec, corpus_text=train_text, vocab_size=vocab_size)
   if jax.process_index() == 0:
-    tokenizer.save(saved)
+    if local:
+      tokenizer.save(saved)
+    else:
+      with tempfile.TemporaryDirectory() as tmp:
+        prepare.copy_tokenizer(tokenizer.save(tmp), saved)
   return tokenizer
 
 
 def build_tokenizer(config, splits=None) -> tok.Tokenizer:
-  """The tokenizer a run would build from the training text, without a workdir (dry runs)."""
+  """The tokenizer a run would build from the training text, or the shards' one, without a workdir (dry runs)."""
+  if config.data.source == "shards":
+    from jaxtextgan.tasks import lm as lm_task  # pylint: disable=import-outside-toplevel  # it imports this module
+    return lm_task.shard_data(config)[0]
   splits = text_splits(config.data) if splits is None else splits
   return tok.build_tokenizer(config.tokenizer.spec, corpus_text=splits["train"],
                              vocab_size=config.tokenizer.get("vocab_size") or None)
@@ -75,7 +132,7 @@ def build_tokenizer(config, splits=None) -> tok.Tokenizer:
 
 def lm_blocks(run: Run, data_cfg, tokenizer: tok.Tokenizer, splits=None) -> dict[str, lm_data.LMBlocks]:
   splits = text_splits(data_cfg) if splits is None else splits
-  return lm_data.lm_blocks(splits, tokenizer, data_cfg.seq_len, cache_dir=run.workdir / "cache")
+  return lm_data.lm_blocks(splits, tokenizer, data_cfg.seq_len, cache_dir=cache_dir(run.workdir))
 
 
 def model_config(model_cfg, vocab_size: int) -> gpt2.GPT2Config:

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import pathlib
-import shutil
 import time
 from typing import Any
 
@@ -26,11 +25,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxtextgan import checkpoint, evaluation, stage, training, writers
+from jaxtextgan import checkpoint, evaluation, prepare, stage, training, writers
 from jaxtextgan import tokenizers as tok
 from jaxtextgan.data import corpus
-from jaxtextgan.data import lm as lm_data
-from jaxtextgan.data import word_stats
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import dfine
@@ -61,14 +58,14 @@ def _init_lm_tokenizer(cfg) -> tok.Tokenizer:
 
 
 def load_data(run: common.Run) -> corpus.Corpus:
-  """`data.source` 'trigram' (Appendix A, exact p) or text (word blocks, Table 2 style)."""
+  """`data.source` 'trigram' (Appendix A, exact p) or text (word blocks, Table 2 style; from shards every training
+  stage reads the train split through Grain, and only the valid and test splits are read whole:
+  `common.text_corpus`)."""
   cfg = run.config
   if cfg.data.source == "trigram":
-    return corpus.trigram_corpus(cfg.data, cfg.data.seq_len, run.workdir / "cache")
-  splits = common.text_splits(cfg.data)
-  tokenizer = _init_lm_tokenizer(cfg) if cfg.init_lm.workdir else common.tokenizer_for(
-    run.workdir, cfg.tokenizer.spec, splits["train"], cfg.tokenizer.get("vocab_size") or None)
-  return corpus.text_corpus(splits, tokenizer, cfg.data.seq_len, run.workdir / "cache")
+    return corpus.trigram_corpus(cfg.data, cfg.data.seq_len, common.cache_dir(run.workdir))
+  shards = cfg.data.source == "shards"  # the shards' tokenizer; `_initial_lm` checks init_lm's against it
+  return common.text_corpus(run.workdir, cfg, _init_lm_tokenizer(cfg) if cfg.init_lm.workdir and not shards else None)
 
 
 def vocab_size(config) -> int:
@@ -103,7 +100,7 @@ def restore_params(ckpt_dir: pathlib.Path, model_cfg: gpt2.GPT2Config, mesh, ste
   abstract, shardings = dfine.param_shardings(model_cfg, mesh)
   target = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                                    shardings)}
-  manager = ocp.CheckpointManager(pathlib.Path(ckpt_dir).absolute(), item_names=("state", "meta"),
+  manager = ocp.CheckpointManager(writers.workdir_path(ckpt_dir), item_names=("state", "meta"),
                                   options=ocp.CheckpointManagerOptions(create=False))
   try:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -221,8 +218,7 @@ def _stage(p: Plan, name: str, kind: str, stage_cfg, step, *, seed: int, frozen:
   model_cfg = p.models[kind]
   return stage.Stage(
     name=name, init=state_fn(model_cfg, stage_cfg), steps=(step,),
-    batches=lambda: lm_data.BatchIterator(p.data.blocks["train"], b, seed=seed, process_index=jax.process_index(),
-                                          process_count=jax.process_count()),
+    batches=lambda: common.train_batches(p.data.blocks["train"], b, seed),
     batch_spec=stage.int_batch(inputs=(b, t), targets=(b, t)), num_steps=int(stage_cfg.steps), seed=seed,
     rng_seed=seed + 7919, directory=p.directory(name),
     meta={"model": dataclasses.asdict(model_cfg), "tokenizer": p.data.tokenizer_spec if p.data else "", **meta},
@@ -307,10 +303,13 @@ def unigram_estimate(p: Plan, q0, sample_blocks: int, seed: int = 0):
   costs sample_blocks / n of the full one.
   """
   blocks = p.data.blocks["train"]
-  counts = np.bincount(blocks[:, 1:].ravel(), minlength=p.data.vocab_size)
+  counts = common.target_counts(blocks, p.data.vocab_size)
   if sample_blocks and sample_blocks < len(blocks):
     rows = np.sort(np.random.default_rng([p.config.seed, seed]).choice(len(blocks), sample_blocks, replace=False))
-    mass = numbers.q0_mass(p, q0, blocks[rows]) * (len(blocks) / sample_blocks)
+    mass = numbers.q0_mass(p, q0, common.read_blocks(blocks, rows)) * (len(blocks) / sample_blocks)
+  elif hasattr(blocks, "read"):
+    raise InputError("discriminator.bias_init_blocks=0 sums q0 over every train block, which data.source='shards' "
+                     "keeps on disk: set discriminator.bias_init_blocks to a number of blocks, e.g. 2000")
   else:
     mass = numbers.q0_mass(p, q0, blocks)
   return dfine.unigram_logit(mass, counts)
@@ -359,7 +358,8 @@ def _perturbation(p: Plan) -> int | None:
   if not 1 <= rank <= words:
     raise InputError(f"perturb.rank={rank} is out of range: use a frequency rank in [1, {words}] (the paper's "
                      "'almost frequent' words are ranks 51-150)")
-  return int(word_stats.word_ranking(p.data.blocks["train"][:, 1:], words)[rank - 1])
+  counts = common.target_counts(p.data.blocks["train"], p.data.vocab_size)[:words]
+  return int(np.lexsort((np.arange(words), -counts))[rank - 1])  # word_stats.word_ranking, from the counts
 
 
 def _initial_lm(p: Plan, r: common.Run, init_lm, out: dict):
@@ -369,7 +369,7 @@ def _initial_lm(p: Plan, r: common.Run, init_lm, out: dict):
     out["stages"][STAGE_LM] = result.done
     if r.is_main and p.data.trigram is None and (r.workdir / "tokenizer").is_dir():
       # Stage 1 is then itself an LM workdir that another run can name in init_lm.workdir.
-      shutil.copytree(r.workdir / "tokenizer", r.workdir / STAGE_LM / "tokenizer", dirs_exist_ok=True)
+      prepare.copy_tokenizer(r.workdir / "tokenizer", r.workdir / STAGE_LM / "tokenizer")
     return result.state.params
   ckpt_dir, step = init_lm
   meta, _ = checkpoint.read_meta(ckpt_dir, step)
@@ -394,7 +394,7 @@ def run_seeds(config, workdir) -> dict:
     c = ml_collections.ConfigDict(config.to_dict())
     c.seeds, c.seed = (), seed
     c.report.markdown, c.report.figure = "", ""
-    per_seed[seed] = run(c, pathlib.Path(workdir) / f"seed_{seed}")
+    per_seed[seed] = run(c, writers.workdir_path(workdir) / f"seed_{seed}")
   out = {"seeds": seeds, "per_seed": {s: o["report"] for s, o in per_seed.items()},
          "over_seeds": numbers.over_seeds([o["report"] for o in per_seed.values()]),
          "command": numbers.command(), "wall_seconds": time.perf_counter() - t0, "jax_version": jax.__version__,
@@ -403,11 +403,11 @@ def run_seeds(config, workdir) -> dict:
                                 for s, o in per_seed.items()}}
   md = report.seeds_report(out, config)
   if jax.process_index() == 0:
-    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-    (pathlib.Path(workdir) / "seeds.md").write_text(md, encoding="utf-8")
+    writers.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+    (writers.workdir_path(workdir) / "seeds.md").write_text(md, encoding="utf-8")
     if config.report.get("markdown"):
       writers.write_report(config.report.markdown, md)
-  stage.write_json(pathlib.Path(workdir) / "seeds.json", out)
+  stage.write_json(writers.workdir_path(workdir) / "seeds.json", out)
   print(md, flush=True)
   return out
 

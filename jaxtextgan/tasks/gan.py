@@ -34,14 +34,13 @@ from jaxtextgan.tasks import lm as lm_task
 # --- data ------------------------------------------------------------------------------------------------------
 
 
-def text_data(workdir: pathlib.Path, cfg) -> corpus.Corpus:
-  """PTB / text files / TFDS through a tokenizer: G starts after the end-of-sentence token."""
-  splits = common.text_splits(cfg.data)
-  tokenizer = common.tokenizer_for(workdir, cfg.tokenizer.spec, splits["train"],
-                                   cfg.tokenizer.get("vocab_size") or None)
-  if tokenizer.eos_id is None:
-    raise InputError(f"tokenizer {tokenizer.spec} has no end-of-sequence token: G needs one to start from")
-  data = corpus.text_corpus(splits, tokenizer, cfg.data.seq_len, workdir / "cache")
+def text_data(workdir, cfg) -> corpus.Corpus:
+  """PTB / text files / TFDS through a tokenizer, or shards (`common.text_corpus`: G's MLE pre-training reads the
+  train shards through Grain; the GAN's real sentences are a bounded sample of them, `ShardSplit.sentence_starts`;
+  valid and test are read whole): G starts after the end-of-sentence token."""
+  data = common.text_corpus(workdir, cfg)
+  if data.tokenizer.eos_id is None:
+    raise InputError(f"tokenizer {data.tokenizer_spec} has no end-of-sequence token: G needs one to start from")
   if "valid" not in data.blocks:
     raise InputError("the corpus has no valid split: BLEU needs held-out sentences, pass data.valid_file")
   return data
@@ -74,8 +73,8 @@ def data_shapes(config) -> corpus.Corpus:
                        forbidden_ids=forbidden)
 
 
-def load_data(workdir: pathlib.Path, cfg) -> corpus.Corpus:
-  return trigram_data(cfg) if cfg.data.source == "trigram" else text_data(pathlib.Path(workdir), cfg)
+def load_data(workdir, cfg) -> corpus.Corpus:
+  return trigram_data(cfg) if cfg.data.source == "trigram" else text_data(writers.workdir_path(workdir), cfg)
 
 
 class RealBatches:
@@ -204,7 +203,7 @@ def setup(cfg, data: corpus.Corpus, lm_cfg: gpt2.GPT2Config) -> Setup:
 def lm_config(cfg, data: corpus.Corpus) -> gpt2.GPT2Config:
   """G's GPT-2 config: the init_from checkpoint's, else config.model with the data's vocabulary."""
   if cfg.generator.init_from:
-    meta, _ = checkpoint.read_meta(_checkpoint_dir(pathlib.Path(cfg.generator.init_from).expanduser()))
+    meta, _ = checkpoint.read_meta(_checkpoint_dir(writers.workdir_path(cfg.generator.init_from)))
     return gpt2.GPT2Config(**meta["model"])
   return common.model_config(cfg.model, data.vocab_size)
 
@@ -212,7 +211,7 @@ def lm_config(cfg, data: corpus.Corpus) -> gpt2.GPT2Config:
 def load_trained(config, workdir, mesh) -> tuple[Setup, gan.GANState, corpus.Corpus]:
   """The setup of a finished GAN run in `workdir` (run with `config`), its state from the last checkpoint, and its
   data."""
-  workdir = pathlib.Path(workdir)
+  workdir = writers.workdir_path(workdir)
   data = load_data(workdir, config)
   s = setup(config, data, lm_config(config, data))
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
@@ -226,7 +225,7 @@ def load_trained(config, workdir, mesh) -> tuple[Setup, gan.GANState, corpus.Cor
 # --- G's language model: MLE pre-training or an LM checkpoint ----------------------------------------------------
 
 
-def _checkpoint_dir(path: pathlib.Path) -> pathlib.Path:
+def _checkpoint_dir(path):
   return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
@@ -235,7 +234,7 @@ def restore_lm_params(path, data_spec: str, mesh):
 
   The checkpoint's tokenizer must be the data's: token ids would otherwise mean other words.
   """
-  ckpt_dir = _checkpoint_dir(pathlib.Path(path).expanduser())
+  ckpt_dir = _checkpoint_dir(writers.workdir_path(path))
   meta, step = checkpoint.read_meta(ckpt_dir)
   if meta.get("tokenizer") != data_spec:
     raise InputError(f"tokenizer mismatch between the G checkpoint and the data: {ckpt_dir} was trained with "
@@ -248,7 +247,7 @@ def restore_lm_params(path, data_spec: str, mesh):
   shardings = shd.state_shardings(abstract, mesh)
   target = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                                    shardings)}
-  manager = ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state", "meta"))
+  manager = ocp.CheckpointManager(ckpt_dir, item_names=("state", "meta"))
   try:
     # Partial restore: the LM's optimizer state (whatever its optimizer) is not needed.
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
