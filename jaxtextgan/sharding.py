@@ -94,6 +94,8 @@ def _leaf_sharding(x, mesh: Mesh, rules):
   """A NamedSharding, boxed in the same nnx.Variable when x is one, so the result mirrors the input's structure."""
   if not isinstance(x, nnx.Variable):
     return NamedSharding(mesh, P())
+  if not jax.tree.leaves(x.get_value()):  # no array inside (optax.multi_transform's MaskedNode): nothing to place
+    return x
   axes = x.get_metadata().get("logical_axes")
   shape = getattr(x.get_value(), "shape", ())
   if axes is None or len(axes) != len(shape):

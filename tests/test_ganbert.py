@@ -371,6 +371,8 @@ def test_head_lr_moves_the_head_at_its_own_rate():
   _, _, sup_step, _ = gb.make_steps(cfg, mesh)
   for head_lr, head_moves in ((1e-2, True), (0.0, False)):
     opt = dict(OPT, lr=0.0, head_lr=head_lr)
+    # Shardings of the state as `stage.run_stage` derives them, through optax.multi_transform's masked states.
+    training.abstract_state(gb.make_state_fn(TINY, cfg, opt), jax.random.key(0), mesh)
     state, _ = training.init_sharded_state(gb.make_state_fn(TINY, cfg, opt), jax.random.key(0), mesh)
     new, _ = jax.jit(sup_step)(state, _batch(), jax.random.key(1))
     before, after = _host(state.d.params), _host(new.d.params)
