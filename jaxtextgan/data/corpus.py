@@ -87,7 +87,7 @@ def text_corpus(splits, tokenizer, seq_len: int, cache_dir: pathlib.Path | None)
 
 
 def shard_corpus(tokenizer, blocks: dict) -> Corpus:
-  """The Corpus of `data.source='shards'` from `tasks.lm.shard_data`'s (tokenizer, blocks): train stays a ShardSplit
+  """The Corpus of `data.source='shards'` from `tasks.common.shard_data`'s (tokenizer, blocks): train stays a ShardSplit
   on disk; valid and test are LMBlocks read whole from their shards (small: perplexity, BLEU's references)."""
   eos = tokenizer.eos_id
   return Corpus(blocks={k: getattr(b, "blocks", b) for k, b in blocks.items()}, vocab_size=tokenizer.vocab_size,

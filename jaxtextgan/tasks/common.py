@@ -20,6 +20,7 @@ from jaxtextgan import tokenizers as tok
 from jaxtextgan import writers
 from jaxtextgan.data import corpus
 from jaxtextgan.data import lm as lm_data
+from jaxtextgan.data import shards
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
 
@@ -62,12 +63,11 @@ def text_splits(data_cfg) -> dict:
 
 def text_corpus(workdir, cfg, tokenizer: tok.Tokenizer | None = None) -> corpus.Corpus:
   """The Corpus of a text `cfg.data.source` for a run in `workdir`: ptb / text / tfds read whole and tokenized by
-  `tokenizer` (else the workdir's, or a new one from cfg.tokenizer); 'shards' as `tasks.lm.shard_data` opens them:
+  `tokenizer` (else the workdir's, or a new one from cfg.tokenizer); 'shards' as `shard_data` opens them:
   the train split stays on disk, read through Grain, while valid and test are read whole from their shards (they
   are small, and perplexity and BLEU's references need them in memory)."""
   if cfg.data.source == "shards":
-    from jaxtextgan.tasks import lm as lm_task  # pylint: disable=import-outside-toplevel  # it imports this module
-    return corpus.shard_corpus(*lm_task.shard_data(cfg, Run(workdir, None, None, cfg)))
+    return corpus.shard_corpus(*shard_data(cfg, Run(workdir, None, None, cfg)))
   splits = text_splits(cfg.data)
   tokenizer = tokenizer or tokenizer_for(workdir, cfg.tokenizer.spec, splits["train"],
                                          cfg.tokenizer.get("vocab_size") or None)
@@ -123,8 +123,7 @@ def tokenizer_for(run_dir, spec: str, train_text, vocab_size: int | None = None)
 def build_tokenizer(config, splits=None) -> tok.Tokenizer:
   """The tokenizer a run would build from the training text, or the shards' one, without a workdir (dry runs)."""
   if config.data.source == "shards":
-    from jaxtextgan.tasks import lm as lm_task  # pylint: disable=import-outside-toplevel  # it imports this module
-    return lm_task.shard_data(config)[0]
+    return shard_data(config)[0]
   splits = text_splits(config.data) if splits is None else splits
   return tok.build_tokenizer(config.tokenizer.spec, corpus_text=splits["train"],
                              vocab_size=config.tokenizer.get("vocab_size") or None)
@@ -174,3 +173,29 @@ def finished_results(run: Run, steps_key: str, steps: int, summary) -> dict | No
   print(f"{run.workdir} holds a finished run; its results:", flush=True)
   print(summary(previous), flush=True)
   return previous
+
+
+def shard_data(config, run: Run | None = None):
+  """(tokenizer, {train: ShardSplit, valid/test: LMBlocks in memory}) of `data.source='shards'`: the manifest must
+  match tokenizer.spec and data.seq_len; the tokenizer comes from the shards (and is saved in the workdir)."""
+  d = config.data
+  if not d.get("shards_dir"):
+    raise InputError("data.source='shards' needs data.shards_dir: the --out of python -m jaxtextgan.prepare")
+  manifest = shards.read_manifest(d.shards_dir)
+  shards.check_manifest(manifest, d.shards_dir, config.tokenizer.spec, d.seq_len)
+  saved = run.workdir / "tokenizer" if run is not None else None
+  if saved is not None and saved.is_dir():
+    tokenizer = tok.load_tokenizer(saved)
+    if tokenizer.spec != manifest["tokenizer"]["spec"]:
+      raise InputError(f"workdir {run.workdir} was trained with tokenizer {tokenizer.spec}, but the shards in "
+                       f"{d.shards_dir} use {manifest['tokenizer']['spec']}: use a new --workdir")
+  else:
+    with tempfile.TemporaryDirectory() as tmp:
+      tokenizer = tok.load_tokenizer(prepare.copy_tokenizer(epath.Path(d.shards_dir) / prepare.TOKENIZER_DIR, tmp))
+    if saved is not None and jax.process_index() == 0:
+      tokenizer.save(saved)
+  blocks = {"train": shards.ShardSplit(d.shards_dir, "train", manifest, workers=d.get("workers", 0))}
+  for split in ("valid", "test"):
+    if split in manifest["splits"]:
+      blocks[split] = shards.ShardSplit(d.shards_dir, split, manifest).load()
+  return tokenizer, blocks

@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import tempfile
 import time
 
 import jax
 import numpy as np
-from etils import epath
 
-from jaxtextgan import evaluation, prepare, sampling, stage, training, writers
+from jaxtextgan import evaluation, sampling, stage, training, writers
 from jaxtextgan import sharding as shd
-from jaxtextgan import tokenizers as tok
 from jaxtextgan.data import lm as lm_data
-from jaxtextgan.data import shards
-from jaxtextgan.errors import InputError
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import lm
 from jaxtextgan.tasks import common
@@ -75,7 +70,7 @@ def write_samples(run: common.Run, state, tokenizer, step: int, name: str = "sam
 def plan(config, run: common.Run | None = None):
   """(tokenizer, blocks, model config, the Stage) of `config`; `run` None plans without a workdir (dry run)."""
   if config.data.source == "shards":
-    tokenizer, blocks = shard_data(config, run)
+    tokenizer, blocks = common.shard_data(config, run)
   else:
     splits = common.text_splits(config.data)
     tokenizer = (common.tokenizer_for(run.workdir, config.tokenizer.spec, splits["train"],
@@ -97,32 +92,6 @@ def plan(config, run: common.Run | None = None):
     probe_every=train.eval_every,
     evaluate=lambda s: evaluate_splits(s, blocks, ("valid", "test"), config.eval, mesh))
   return tokenizer, blocks, model_cfg, lm_stage_
-
-
-def shard_data(config, run: common.Run | None = None):
-  """(tokenizer, {train: ShardSplit, valid/test: LMBlocks in memory}) of `data.source='shards'`: the manifest must
-  match tokenizer.spec and data.seq_len; the tokenizer comes from the shards (and is saved in the workdir)."""
-  d = config.data
-  if not d.get("shards_dir"):
-    raise InputError("data.source='shards' needs data.shards_dir: the --out of python -m jaxtextgan.prepare")
-  manifest = shards.read_manifest(d.shards_dir)
-  shards.check_manifest(manifest, d.shards_dir, config.tokenizer.spec, d.seq_len)
-  saved = run.workdir / "tokenizer" if run is not None else None
-  if saved is not None and saved.is_dir():
-    tokenizer = tok.load_tokenizer(saved)
-    if tokenizer.spec != manifest["tokenizer"]["spec"]:
-      raise InputError(f"workdir {run.workdir} was trained with tokenizer {tokenizer.spec}, but the shards in "
-                       f"{d.shards_dir} use {manifest['tokenizer']['spec']}: use a new --workdir")
-  else:
-    with tempfile.TemporaryDirectory() as tmp:
-      tokenizer = tok.load_tokenizer(prepare.copy_tokenizer(epath.Path(d.shards_dir) / prepare.TOKENIZER_DIR, tmp))
-    if saved is not None and jax.process_index() == 0:
-      tokenizer.save(saved)
-  blocks = {"train": shards.ShardSplit(d.shards_dir, "train", manifest, workers=d.get("workers", 0))}
-  for split in ("valid", "test"):
-    if split in manifest["splits"]:
-      blocks[split] = shards.ShardSplit(d.shards_dir, split, manifest).load()
-  return tokenizer, blocks
 
 
 def dry_run_stages(config, mesh) -> list[stage.Stage]:
