@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtextgan import metrics
+from jaxtextgan import metrics, writers
 from jaxtextgan.data import corpus
 from jaxtextgan.errors import InputError
 from jaxtextgan.objectives import gan
@@ -293,9 +293,7 @@ def plot(rows_by_panel: dict[str, Sequence[dict]], axes: Axes | Sequence[Axes], 
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  writers.save_figure(fig, path)
 
 
 def mean_over(runs: Sequence[Sequence[dict]]) -> list[dict]:

@@ -126,10 +126,19 @@ def plot_curves(metrics_path: str | os.PathLike, png_path: str | os.PathLike,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  png = io.BytesIO()  # rendered in memory, then written through epath (matplotlib writes local files only)
+  save_figure(fig, png_path)
+
+
+def save_figure(fig, *png_paths: str | os.PathLike) -> None:
+  """Writes a matplotlib figure as PNG to each path through epath (local or gs://), making folders; closes it."""
+  import matplotlib.pyplot as plt
+  png = io.BytesIO()  # rendered in memory: matplotlib writes local files only
   fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
-  epath.Path(png_path).write_bytes(png.getvalue())
+  for png_path in png_paths:
+    path = epath.Path(png_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png.getvalue())
 
 
 def write_samples(path: str | os.PathLike, texts: Sequence[str], header: str = "") -> None:

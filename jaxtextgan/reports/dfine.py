@@ -4,7 +4,6 @@ dict of `tasks.dfine.run`. Every number comes from that dict; nothing is evaluat
 from __future__ import annotations
 
 import pathlib
-import shutil
 
 import jax
 
@@ -169,11 +168,7 @@ def figure1(out: dict, config, workdir: pathlib.Path) -> str:
   fig.tight_layout()
   png = workdir / "figure1.png"
   if jax.process_index() == 0:
-    fig.savefig(png, dpi=110)
-    if config.report.get("figure"):
-      dest = pathlib.Path(config.report.figure)
-      dest.parent.mkdir(parents=True, exist_ok=True)
-      shutil.copyfile(png, dest)
+    writers.save_figure(fig, png, *([config.report.figure] if config.report.get("figure") else []))
   plt.close(fig)
   where = config.report.get("figure") or str(png)
   return (f"Figure 1 ({pathlib.Path(where).name}): validation perplexity and the chosen word's probability at test "

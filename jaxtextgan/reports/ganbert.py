@@ -219,5 +219,4 @@ def plot_experiment(summary: Sequence[dict], rows: Sequence[dict], path: pathlib
     ax.legend(fontsize=7)
   fig.suptitle(f"{title}: mean +- std over seeds" + ("" if curve else " (dots: seeds)"))
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  writers.save_figure(fig, path)

@@ -100,24 +100,33 @@ def read_blocks(blocks, rows) -> np.ndarray:
 
 
 def tokenizer_for(run_dir, spec: str, train_text, vocab_size: int | None = None) -> tok.Tokenizer:
-  """The workdir's saved tokenizer when resuming, else a new one from `spec`, saved to <workdir>/tokenizer.
-
-  `tokenizers` reads and writes local folders, so in a bucket the files go through a local temporary folder."""
+  """The workdir's saved tokenizer when resuming, else a new one from `spec`, saved to <workdir>/tokenizer."""
   saved = epath.Path(run_dir) / "tokenizer"
-  local = writers.is_local(saved)
   if saved.is_dir():
-    if local:
-      return tok.load_tokenizer(saved)
-    with tempfile.TemporaryDirectory() as tmp:
-      return tok.load_tokenizer(prepare.copy_tokenizer(saved, tmp))
+    return load_tokenizer_dir(saved)
   tokenizer = tok.build_tokenizer(spec, corpus_text=train_text, vocab_size=vocab_size)
-  if jax.process_index() == 0:
-    if local:
-      tokenizer.save(saved)
-    else:
-      with tempfile.TemporaryDirectory() as tmp:
-        prepare.copy_tokenizer(tokenizer.save(tmp), saved)
+  save_tokenizer_dir(tokenizer, saved)
   return tokenizer
+
+
+def load_tokenizer_dir(directory) -> tok.Tokenizer:
+  """A saved tokenizer, local or in a bucket (`tokenizers` reads local folders: a bucket's files are copied to a
+  local temporary folder first)."""
+  if writers.is_local(directory):
+    return tok.load_tokenizer(directory)
+  with tempfile.TemporaryDirectory() as tmp:
+    return tok.load_tokenizer(prepare.copy_tokenizer(epath.Path(directory), tmp))
+
+
+def save_tokenizer_dir(tokenizer: tok.Tokenizer, directory) -> None:
+  """Saves `tokenizer` to `directory`, local or in a bucket, from process 0 only."""
+  if jax.process_index() != 0:
+    return
+  if writers.is_local(directory):
+    tokenizer.save(directory)
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    prepare.copy_tokenizer(tokenizer.save(tmp), epath.Path(directory))
 
 
 def build_tokenizer(config, splits=None) -> tok.Tokenizer:
@@ -185,15 +194,14 @@ def shard_data(config, run: Run | None = None):
   shards.check_manifest(manifest, d.shards_dir, config.tokenizer.spec, d.seq_len)
   saved = run.workdir / "tokenizer" if run is not None else None
   if saved is not None and saved.is_dir():
-    tokenizer = tok.load_tokenizer(saved)
+    tokenizer = load_tokenizer_dir(saved)
     if tokenizer.spec != manifest["tokenizer"]["spec"]:
       raise InputError(f"workdir {run.workdir} was trained with tokenizer {tokenizer.spec}, but the shards in "
                        f"{d.shards_dir} use {manifest['tokenizer']['spec']}: use a new --workdir")
   else:
-    with tempfile.TemporaryDirectory() as tmp:
-      tokenizer = tok.load_tokenizer(prepare.copy_tokenizer(epath.Path(d.shards_dir) / prepare.TOKENIZER_DIR, tmp))
-    if saved is not None and jax.process_index() == 0:
-      tokenizer.save(saved)
+    tokenizer = load_tokenizer_dir(epath.Path(d.shards_dir) / prepare.TOKENIZER_DIR)
+    if saved is not None:
+      save_tokenizer_dir(tokenizer, saved)
   blocks = {"train": shards.ShardSplit(d.shards_dir, "train", manifest, workers=d.get("workers", 0))}
   for split in ("valid", "test"):
     if split in manifest["splits"]:

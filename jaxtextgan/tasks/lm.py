@@ -80,7 +80,7 @@ def plan(config, run: common.Run | None = None):
   common.check_seq_len(config.data.seq_len, model_cfg)
   if config.data.source != "shards":
     blocks = lm_data.lm_blocks(splits, tokenizer, config.data.seq_len,
-                               cache_dir=run.workdir / "cache" if run is not None else None)
+                               cache_dir=common.cache_dir(run.workdir) if run is not None else None)
   train = config.train
   mesh = run.mesh if run is not None else None
   lm_stage_ = lm_stage(
