@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh_shape = (-1, 1, 1)
   c.data = ml_collections.ConfigDict(dict(
     source="ptb", train_file="", valid_file="", test_file="", tfds_name="", tfds_data_dir="", text_key="text",
-    seq_len=32, batch_size=32))
+    seq_len=32, batch_size=32, shards_dir="", workers=0))  # the GAN's data keys (augment itself reads text)
   c.tokenizer = ml_collections.ConfigDict(dict(spec="word", vocab_size=0))
 
   # The base LM: an existing LM workdir, or trained here (into <workdir>/base) when empty.

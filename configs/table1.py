@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.command = "python -m jaxtextgan.main --config=configs/table1.py"
   c.data = ml_collections.ConfigDict(dict(
     source="ptb", train_file="", valid_file="", test_file="", tfds_name="", tfds_data_dir="", text_key="text",
-    seq_len=24, batch_size=16))
+    seq_len=24, batch_size=16, shards_dir="", workers=0))  # the sub-runs' data keys (table1 reads text)
   c.tokenizer = ml_collections.ConfigDict(dict(spec="word", vocab_size=0))
 
   # Both depths share the width, the optimizer and the training intervals.
