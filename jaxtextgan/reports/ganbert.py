@@ -133,7 +133,8 @@ def render(config, rows: Sequence[dict], summary: Sequence[dict], command: str) 
     "## Setup", "",
     f"- Encoder: {encoder}, pooling `{model.pooling}`{frozen}. All methods see the same splits and seeds.",
     f"- Data: `{data_cfg.source}` ({first['data']}); max_len {data_cfg.max_len}, batch {data_cfg.batch_size}.",
-    f"- Optimizer of every fine-tuned method: AdamW lr {opt.lr:g} (G: {opt.g_lr or opt.lr:g}), weight decay "
+    f"- Optimizer of every fine-tuned method: AdamW lr {opt.lr:g} (G: {opt.g_lr or opt.lr:g}"
+    f"{f'; classifier head / D: {opt.head_lr:g}' if opt.get('head_lr') else ''}), weight decay "
     f"{opt.weight_decay:g}, linear warm-up over {opt.warmup_proportion:.0%} then linear decay to 0, clip "
     f"{opt.grad_clip_norm:g}. GAN-BERT budget: {budget}.",
     "- Nothing is chosen on the test set. How each method's settings were fixed:",
