@@ -364,23 +364,21 @@ def test_freeze_layers_leaves_embeddings_and_bottom_layers_unchanged():
 
 
 def test_head_lr_moves_the_head_at_its_own_rate():
-  """head_lr: the D head steps at head_lr and the encoder at lr. With lr 0 the encoder stays put while the head
-  moves; with head_lr 0 (one optimizer, the release) both stay put."""
+  """head_lr: the D head steps at head_lr and the encoder at lr; with lr 0 the encoder stays put while every head
+  weight with a gradient moves by about head_lr (Adam's first step)."""
   cfg = gb.GanBertConfig(num_classes=3, method="baseline")
   mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
   _, _, sup_step, _ = gb.make_steps(cfg, mesh)
-  for head_lr, head_moves in ((1e-2, True), (0.0, False)):
-    opt = dict(OPT, lr=0.0, head_lr=head_lr)
-    # Shardings of the state as `stage.run_stage` derives them, through optax.multi_transform's masked states.
-    training.abstract_state(gb.make_state_fn(TINY, cfg, opt), jax.random.key(0), mesh)
-    state, _ = training.init_sharded_state(gb.make_state_fn(TINY, cfg, opt), jax.random.key(0), mesh)
-    new, _ = jax.jit(sup_step)(state, _batch(), jax.random.key(1))
-    before, after = _host(state.d.params), _host(new.d.params)
-    _assert_same(before["encoder"], after["encoder"])
-    assert _changed(before["head"], after["head"]) == head_moves
-    if head_moves:  # Adam's first step moves every weight with a gradient by about head_lr
-      kernel = np.abs(after["head"]["out"]["kernel"] - before["head"]["out"]["kernel"]).max()
-      assert 0.5 * head_lr < kernel < 1.5 * head_lr
+  head_lr = 1e-2
+  opt = dict(OPT, lr=0.0, head_lr=head_lr)
+  # Shardings of the state as `stage.run_stage` derives them, through optax.multi_transform's masked states.
+  training.abstract_state(gb.make_state_fn(TINY, cfg, opt), jax.random.key(0), mesh)
+  state, _ = training.init_sharded_state(gb.make_state_fn(TINY, cfg, opt), jax.random.key(0), mesh)
+  new, _ = jax.jit(sup_step, compiler_options=FAST)(state, _batch(), jax.random.key(1))
+  before, after = _host(state.d.params), _host(new.d.params)
+  _assert_same(before["encoder"], after["encoder"])
+  kernel = np.abs(after["head"]["out"]["kernel"] - before["head"]["out"]["kernel"]).max()
+  assert 0.5 * head_lr < kernel < 1.5 * head_lr
 
 
 @pytest.mark.parametrize("frozen,method", [(1, "ganbert"), (2, "baseline")])
