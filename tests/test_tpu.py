@@ -1,14 +1,17 @@
 """--dry_run --topology: each objective's tiny steps compiled by XLA:TPU (libtpu) for v5e:2x2 and v4:2x2x2."""
 
 import importlib
+import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from jaxtextgan import dryrun, tpu
+from jaxtextgan import tpu
 from jaxtextgan import sharding as shd
 from jaxtextgan import stage as stage_lib
 from jaxtextgan.config import load_config
@@ -74,8 +77,16 @@ def test_lm_step_arguments_are_its_cpu_shapes_sharded_by_the_rules(topology, mes
 
 
 def test_cpu_compiles_the_same_argument_shapes():
+  # XLA:CPU compiles in a process of its own, without libtpu: once, in a test worker that had loaded libtpu and run
+  # many other tests, this CPU compile crashed (SIGSEGV); the same test alone passes.
+  code = ("import json, sys; sys.path.insert(0, 'tests'); from test_tpu import lm_config; "
+          "from jaxtextgan import dryrun; "
+          "print(json.dumps(dryrun.dry_run(lm_config((1, 4, 1)))['lm']['argument_size_in_bytes']))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  cpu = {"argument_size_in_bytes": json.loads(proc.stdout.strip().splitlines()[-1])}
   config = lm_config((1, 4, 1))
-  cpu = dryrun.dry_run(config)["lm"]
   mesh = shd.make_mesh((1, 4, 1), devices=tpu.topology_devices("v5e:2x2"))
   (_, args), = stage_lib.lower(lm_task.dry_run_stages(config, mesh)[0], mesh)
   assert cpu["argument_size_in_bytes"] == shard_bytes(args) + 8  # + the step's PRNG key (two uint32)
