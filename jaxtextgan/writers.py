@@ -9,6 +9,8 @@ import io
 import json
 import math
 import os
+import shlex
+import sys
 from typing import Mapping, Sequence
 
 import jax
@@ -149,3 +151,10 @@ def write_samples(path: str | os.PathLike, texts: Sequence[str], header: str = "
       f.write(header.rstrip() + "\n\n")
     for i, t in enumerate(texts):
       f.write(f"[{i}] {t}\n")
+
+
+def command_line(default: str) -> str:
+  """This run's command line, quoted for a shell, as a report quotes it; `default` when not run by `main`."""
+  if sys.argv and sys.argv[0].endswith("main.py"):
+    return "python -m jaxtextgan.main " + shlex.join(sys.argv[1:])
+  return default

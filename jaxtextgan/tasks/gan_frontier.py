@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shlex
-import sys
 import time
 
 import jax
 import ml_collections
 
-from jaxtextgan import evaluation, frontier, frontier_lm, stage
+from jaxtextgan import evaluation, frontier, frontier_lm, stage, writers
 from jaxtextgan.errors import InputError
 from jaxtextgan.tasks import common
 from jaxtextgan.tasks import gan as gan_task
@@ -103,18 +101,11 @@ def _lm_plane_lines(config, key: str, reference: dict) -> list[str]:
           f"samples of G at T, for T in {tuple(rev.temperatures) or tuple(f.temperatures)}."]
 
 
-def _command() -> str:
-  """The command line of this run, quoted for a shell (the config file's own command outside `main`)."""
-  if sys.argv and sys.argv[0].endswith("main.py"):
-    return "python -m jaxtextgan.main " + shlex.join(sys.argv[1:])
-  return "python -m jaxtextgan.main --config=configs/gan_frontier.py"
-
-
 def report(config, by_run: dict[str, list[dict]], wall: float, lm_refs: dict[str, dict | None] | None = None) -> str:
   """Markdown: per source, the comparisons (per seed and on the mean over seeds) on every plane, and the tables."""
   f = config.frontier
   lines = ["# Quality-diversity frontiers: MLE G against G after minimax and WGAN-GP (issue 15)", "",
-           f"`{_command()}` (this invocation {wall:.0f} s; a (source, "
+           f"`{writers.command_line('python -m jaxtextgan.main --config=configs/gan_frontier.py')}` (this invocation {wall:.0f} s; a (source, "
            "seed) whose GAN runs and sweep are in the workdir is read back, not run again). "
            f"Each point: {f.num_samples} samples at temperature T (softmax(logits / T)), T in "
            f"{tuple(f.temperatures)}; NLL-test of G at T over {f.num_z} latents (jaxtextgan/frontier.py states the "

@@ -34,9 +34,7 @@ import json
 import math
 import os
 import pathlib
-import shlex
 import shutil
-import sys
 import time
 from typing import Any, Sequence
 
@@ -384,8 +382,7 @@ def run_experiment(config, workdir) -> dict:
     raise InputError("experiment.seeds is empty: give at least one seed (3 for mean +- std)")
   runs_path = r.workdir / "runs.jsonl"
   done = {row["key"]: row for row in writers.read_metrics(runs_path)} if runs_path.exists() else {}
-  command = "python -m jaxtextgan.main " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("main.py") else (
-    exp.command or "run(config, workdir)")
+  command = writers.command_line(exp.command or "run(config, workdir)")
   encoder = None
   for fraction in fractions:
     for seed in seeds:
