@@ -57,11 +57,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
                                            fast_compile=False))  # True: XLA -O0, for tiny models
   c.eval = ml_collections.ConfigDict(dict(batch_size=64))
   c.experiment = ml_collections.ConfigDict(dict(
-    fractions=(), seeds=(0, 1, 2), methods=("ganbert", "finetune", "ganbert-sup-only", "frozen-lr", "setfit"),
+    fractions=(), seeds=(0, 1, 2),
+    methods=("ganbert", "finetune", "ganbert-sup-only", "frozen-lr", "setfit", "contrastive-lr", "contrastive-ganbert"),
     report="", figure="", title="", compile_cache=False, progress=True, command="",
     lr_cs=(0.01, 0.1, 1.0, 10.0, 100.0),  # frozen-lr: C chosen among these by k-fold CV on the labeled rows
     setfit_python=os.environ.get("SETFIT_PYTHON", ""),  # SetFit's own venv's python (README)
-    setfit_steps=300, setfit_batch_size=16))  # fixed in advance (issue 14's SetFit run)
+    setfit_steps=300, setfit_batch_size=16,  # fixed in advance (issue 14's SetFit run)
+    # The contrastive Stage (SetFit's first stage in JAX; 'contrastive-lr', 'contrastive-ganbert'): SetFit's values.
+    contrastive_steps=300, contrastive_batch_size=16, contrastive_lr=2e-5))
 
   if preset == "trec_experiment":
     c.mode = "experiment"

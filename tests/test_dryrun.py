@@ -92,15 +92,18 @@ def test_ganbert_dry_run_compiles_both_methods_from_the_encoder_config(tmp_path)
   config = load_config(REPO / "configs" / "ganbert.py")
   config.mesh_shape = (1, 2, 4)
   config.mode = "experiment"
-  config.experiment.methods = ("ganbert", "baseline")  # the two Stage kinds (the other methods reuse them)
+  # The three Stage kinds (the other methods reuse them): contrastive-lr's contrastive Stage comes first.
+  config.experiment.methods = ("ganbert", "baseline", "contrastive-lr")
   config.data.update(dict(source="files", label_names="a,b,c", batch_size=8, max_len=16))
   config.eval.batch_size = 8
   config.model.encoder_dir = str(_tiny_bert_dir(tmp_path))
   config.train.update(dict(steps=5, fast_compile=True))
   reports = dryrun.dry_run(config)
-  # The experiment's two Stages (one per method), GAN-BERT's steps reported one by one.
-  assert [st.name for st in ganbert_task.dry_run_stages(config, shd.make_mesh((1, 2, 4)))] == ["ganbert", "baseline"]
-  assert list(reports) == ["ganbert d_step", "ganbert g_step", "baseline"]
+  # The experiment's Stages (one per method), GAN-BERT's steps reported one by one.
+  names = [st.name for st in ganbert_task.dry_run_stages(config, shd.make_mesh((1, 2, 4)))]
+  assert names == ["contrastive", "ganbert", "baseline"]
+  assert list(reports) == ["contrastive", "ganbert d_step", "ganbert g_step", "baseline"]
+  assert reports["contrastive"]["batch"] == {"input_ids": (16, 2, 16), "attention_mask": (16, 2, 16), "same": (16,)}
   bert_cfg = ganbert_task.encoder_config(config.model, 16)
   assert not bert_cfg.pooler and bert_cfg.hidden_size == 32  # from config.json and the safetensors header
   cfg = ganbert_task.model_config(config.model, 3, "ganbert")
@@ -111,6 +114,8 @@ def test_ganbert_dry_run_compiles_both_methods_from_the_encoder_config(tmp_path)
   # The baseline: no G, and k outputs instead of k+1.
   hidden = cfg.d_hidden or 32
   assert reports["baseline"]["params"] == _count(state.d.params) - (hidden + 1)
+  # The contrastive Stage trains the encoder alone: D's head is the rest of the baseline's parameters.
+  assert reports["contrastive"]["params"] == _count(state.d.params["encoder"])
   assert reports["ganbert d_step"]["batch"] == {"input_ids": (8, 16), "attention_mask": (8, 16), "labels": (8,)}
   for report in reports.values():
     _sane(report, (1, 2, 4))

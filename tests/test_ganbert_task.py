@@ -183,6 +183,42 @@ def test_experiment_writes_report_and_keeps_notes(assets, tmp_path):
   assert "hand-written notes" in (tmp_path / "report.md").read_text()
 
 
+def test_contrastive_methods_share_one_stage_per_seed(assets, tmp_path, capsys, monkeypatch):
+  """'contrastive-lr' trains the contrastive Stage; 'contrastive-ganbert' restores it and starts GAN-BERT there."""
+  started_from = []
+  train = task.train_and_evaluate
+  monkeypatch.setattr(task, "train_and_evaluate",
+                      lambda config, data, encoder, **kw: started_from.append(encoder.params) or train(
+                        config, data, encoder, **kw))
+  config = tiny_config(assets)
+  config.mode = "experiment"
+  config.experiment.update(dict(seeds=(0,), report=str(tmp_path / "report.md"), figure="", lr_cs=(0.1, 1.0),
+                                methods=("contrastive-lr", "contrastive-ganbert"), contrastive_steps=3,
+                                contrastive_batch_size=4))
+  with pytest.raises(InputError, match="contrastive_batch_size=4 must be a positive multiple"):
+    task.run(config, tmp_path / "exp")  # 8 devices
+  config.experiment.contrastive_batch_size = 8
+  out = task.run(config, tmp_path / "exp")
+  runs = {r["method"]: r for r in out["runs"]}
+  assert runs["contrastive-lr"]["settings"]["C"] in (0.1, 1.0)
+  assert runs["contrastive-ganbert"]["steps"] == 3 and runs["contrastive-ganbert"]["adversarial"]
+  assert runs["contrastive-lr"]["contrastive_seconds"] == runs["contrastive-ganbert"]["contrastive_seconds"] > 0
+  assert capsys.readouterr().out.count("[contrastive] finished at step 3: skipped") == 1
+  stage_dir = tmp_path / "exp" / "split" / "seed0" / "contrastive"
+  assert json.loads((stage_dir / "done.json").read_text())["step"] == 3
+  report = (tmp_path / "report.md").read_text()
+  assert "contrastive encoder (JAX), then GAN-BERT" in report and "contrastive encoder (JAX) + logistic" in report
+  # The encoder both methods read is the contrastive Stage's, not the pre-trained one.
+  data = cls_data.load_data(config.data, seed=0)
+  pretrained = task.load_encoder(config.model, config.data.max_len)
+  tuned, _ = task.ganbert_contrastive.contrastive_encoder(config, data, pretrained, seed=0, directory=stage_dir,
+                                                          mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(
+                                                            1, 1, 1), ("data", "fsdp", "tensor")))
+  changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(pretrained.params))]
+  assert any(changed)
+  jax.tree.map(np.testing.assert_array_equal, started_from[0], tuned.params)
+
+
 def _stand_in_python(tmp_path):
   """An executable that answers the SetFit peer's protocol as SetFit's venv would, without SetFit: it checks the
   request and the offline environment, then predicts the majority training label for every test text."""

@@ -49,11 +49,11 @@ from jaxtextgan.metrics import classification_metrics
 from jaxtextgan.models import bert, classifier, hf_bert
 from jaxtextgan.objectives import ganbert
 from jaxtextgan.reports import ganbert as report
-from jaxtextgan.tasks import common, ganbert_peers as peers
+from jaxtextgan.tasks import common, ganbert_contrastive, ganbert_peers as peers
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 TRAINED = ("ganbert", "finetune", "ganbert-sup-only", "baseline")  # trained as one Stage each
-METHODS = TRAINED + ("frozen-lr", "setfit")
+METHODS = TRAINED + ("frozen-lr", "setfit") + ganbert_contrastive.METHODS
 
 
 # ------------------------------------------------------------------------------------------------------ encoder
@@ -210,9 +210,15 @@ def dry_run_stages(config, mesh) -> list[stage.Stage]:
   k = cls_data.num_classes(config.data)
   methods = (tuple(m for m in config.experiment.methods if m in TRAINED) if config.mode == "experiment"
              else (config.method,))
-  return [ganbert_stage(config, bert_cfg, model_config(config.model, k, method), mesh, name=method,
-                        num_steps=max(int(config.train.steps), 1), seed=config.seed, batches=None, directory=None)
-          for method in methods]
+  stages = [ganbert_stage(config, bert_cfg, model_config(config.model, k, method), mesh, name=method,
+                          num_steps=max(int(config.train.steps), 1), seed=config.seed, batches=None, directory=None)
+            for method in methods]
+  contrastive = config.mode == "experiment" and any(m in ganbert_contrastive.METHODS for m in config.experiment.methods)
+  if contrastive and "contrastive-ganbert" in config.experiment.methods and "ganbert" not in methods:
+    stages.append(ganbert_stage(config, bert_cfg, model_config(config.model, k, "ganbert"), mesh,
+                                name="contrastive-ganbert", num_steps=max(int(config.train.steps), 1),
+                                seed=config.seed, batches=None, directory=None))
+  return ([ganbert_contrastive.dry_run_stage(config, bert_cfg, mesh)] if contrastive else []) + stages
 
 
 def train_and_evaluate(config, data: cls_data.ClassificationData, encoder: EncoderBundle, *, method: str,
@@ -266,6 +272,25 @@ def train_and_evaluate(config, data: cls_data.ClassificationData, encoder: Encod
   return out, result.state, cfg
 
 
+def run_contrastive(method: str, config, data: cls_data.ClassificationData, encoder: EncoderBundle, *, seed: int,
+                    mesh, stage_dir: pathlib.Path, workdir: pathlib.Path, show_progress: bool = True) -> dict:
+  """'contrastive-lr' or 'contrastive-ganbert' (`tasks.ganbert_contrastive`): the contrastive Stage in `stage_dir`
+  (shared by both methods of one split and seed), then frozen-lr or GAN-BERT on its encoder. The row's
+  wall_seconds include the Stage's own time, which a user running only this method would spend."""
+  tuned, stage_seconds = ganbert_contrastive.contrastive_encoder(config, data, encoder, seed=seed,
+                                                                 directory=stage_dir, mesh=mesh,
+                                                                 show_progress=show_progress)
+  if method == "contrastive-lr":
+    result = peers.run_peer("frozen-lr", config, data, tuned, seed=seed)
+    result["steps"] = int(config.experiment.contrastive_steps)
+  else:
+    result, _, _ = train_and_evaluate(config, data, tuned, method="ganbert", seed=seed, workdir=workdir, mesh=mesh,
+                                      show_progress=show_progress)
+  result.update(method=method, contrastive_steps=int(config.experiment.contrastive_steps),
+                contrastive_seconds=stage_seconds, wall_seconds=result["wall_seconds"] + stage_seconds)
+  return result
+
+
 def adversarial_curve(path: pathlib.Path) -> list[list[float]]:
   """[[step, D's mean p(fake) on real rows, on G(z), L_G,fm, L_D,sup]] of every logged training step."""
   keys = ("p_fake_real", "p_fake_fake", "g_feature_matching", "d_sup")
@@ -315,6 +340,11 @@ def check_config(config) -> None:
                      f"data*fsdp size {batch_devices}: change it or mesh_shape")
   if config.eval.batch_size < 1 or config.eval.batch_size % batch_devices:
     raise InputError(f"eval.batch_size={config.eval.batch_size} must be a positive multiple of the mesh's "
+                     f"data*fsdp size {batch_devices}: change it or mesh_shape")
+  pairs = int(config.experiment.get("contrastive_batch_size", 0))
+  if (config.mode == "experiment" and set(config.experiment.methods) & set(ganbert_contrastive.METHODS)
+      and (pairs < 1 or pairs % batch_devices)):
+    raise InputError(f"experiment.contrastive_batch_size={pairs} must be a positive multiple of the mesh's "
                      f"data*fsdp size {batch_devices}: change it or mesh_shape")
 
 
@@ -400,6 +430,10 @@ def run_experiment(config, workdir) -> dict:
           if method in TRAINED:
             result, _, _ = train_and_evaluate(config, data, encoder, method=method, seed=seed,
                                               workdir=r.workdir / key, mesh=r.mesh, show_progress=exp.progress)
+          elif method in ganbert_contrastive.METHODS:
+            result = run_contrastive(method, config, data, encoder, seed=seed, mesh=r.mesh,
+                                     stage_dir=r.workdir / _run_key(fraction, seed, "contrastive"),
+                                     workdir=r.workdir / key, show_progress=exp.progress)
           else:
             result = peers.run_peer(method, config, data, encoder, seed=seed, mesh=r.mesh)
         except Preempted as stop:  # SIGTERM: the unfinished run is not recorded; running again redoes it
