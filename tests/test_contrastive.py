@@ -108,9 +108,12 @@ def test_step_on_eight_devices_equals_one_device():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), results[0][1], results[1][1])
 
 
+# One initialiser and step for every Stage below, so `training.jit_step` compiles the step once.
+_STAGE_INIT, _STAGE_STEP = contrastive.make_state_fn(TINY, dict(OPT, total_steps=6)), contrastive.make_step("mean")
+
+
 def _stage(directory, steps, enc):
-  make_state = contrastive.make_state_fn(TINY, dict(OPT, total_steps=6))
-  return stage.Stage(name="contrastive", init=make_state, steps=(contrastive.make_step("mean"),),
+  return stage.Stage(name="contrastive", init=_STAGE_INIT, steps=(_STAGE_STEP,),
                      batches=lambda: PairBatches(enc, 4, 0, 4),
                      batch_spec=stage.int_batch(input_ids=(4, 2, 8), attention_mask=(4, 2, 8), same=(4,)),
                      num_steps=steps, seed=0, rng_seed=1, directory=directory, checkpoint_every=2, log_every=1,
