@@ -8,7 +8,7 @@ import pytest
 from jaxtextgan import sharding as shd
 from jaxtextgan import stage, training
 from jaxtextgan.data.classification import Encoded
-from jaxtextgan.data.pairs import PairBatches, pair_batch_at, pair_indices
+from jaxtextgan.data.pairs import pair_batches, pair_batch_at, pair_indices
 from jaxtextgan.errors import InputError
 from jaxtextgan.models import bert
 from jaxtextgan.objectives import contrastive
@@ -60,14 +60,14 @@ def test_pair_batches_are_a_pure_function_of_seed_and_step_and_resume():
   batch = pair_batch_at(enc, 3, 4, seed=5, pad_multiple=4)
   assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[:2] == (4, 2)
   assert batch["input_ids"].shape[2] % 4 == 0 and batch["same"].tolist() == [1, 1, 0, 0]
-  it = PairBatches(enc, 4, 5, 4)
+  it = pair_batches(enc, 4, 5, 4)
   first = [next(it) for _ in range(4)]
-  resumed = PairBatches(enc, 4, 5, 4)
+  resumed = pair_batches(enc, 4, 5, 4)
   resumed.restore({"step": 3})
   np.testing.assert_array_equal(next(resumed)["input_ids"], first[3]["input_ids"])
   assert not np.array_equal(first[0]["input_ids"], first[1]["input_ids"])
   with pytest.raises(InputError, match="at least two labeled rows"):
-    PairBatches(_encoded([0, -1, -1]), 4, 0, 4)
+    pair_batches(_encoded([0, -1, -1]), 4, 0, 4)
 
 
 def _program(mesh):
@@ -114,7 +114,7 @@ _STAGE_INIT, _STAGE_STEP = contrastive.make_state_fn(TINY, dict(OPT, total_steps
 
 def _stage(directory, steps, enc):
   return stage.Stage(name="contrastive", init=_STAGE_INIT, steps=(_STAGE_STEP,),
-                     batches=lambda: PairBatches(enc, 4, 0, 4),
+                     batches=lambda: pair_batches(enc, 4, 0, 4),
                      batch_spec=stage.int_batch(input_ids=(4, 2, 8), attention_mask=(4, 2, 8), same=(4,)),
                      num_steps=steps, seed=0, rng_seed=1, directory=directory, checkpoint_every=2, log_every=1,
                      compiler_options=FAST, tensorboard=False, show_progress=False)

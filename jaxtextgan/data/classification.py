@@ -466,18 +466,19 @@ def batch_at(data: Encoded, step: int, batch_size: int, seed: int, pad_multiple:
 
 
 class Batches:
-  """Iterator over `batch_at(step)` from step 0; `state()` / `restore(s)` carry the step for an exact resume."""
+  """Iterator over `at(data, step, ...)` (pure in seed and step; `batch_at`) from step 0; `state()`/`restore(s)`."""
 
-  def __init__(self, data: Encoded, batch_size: int, seed: int, pad_multiple: int):
+  def __init__(self, data: Encoded, batch_size: int, seed: int, pad_multiple: int, at=None):
     if batch_size < 1:
       raise InputError(f"data.batch_size={batch_size} is invalid: use a positive batch size")
-    self.data, self.batch_size, self.seed, self.pad_multiple, self.step = data, batch_size, seed, pad_multiple, 0
+    self.data, self.batch_size, self.seed, self.pad_multiple = data, batch_size, seed, pad_multiple
+    self.step, self.at = 0, at or batch_at
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = batch_at(self.data, self.step, self.batch_size, self.seed, self.pad_multiple)
+    batch = self.at(self.data, self.step, self.batch_size, self.seed, self.pad_multiple)
     self.step += 1
     return batch
 

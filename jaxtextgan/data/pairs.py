@@ -8,11 +8,9 @@ of (seed, s), so resuming needs only s. With no class of two rows every pair is 
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 
-from jaxtextgan.data.classification import Encoded
+from jaxtextgan.data.classification import Batches, Encoded
 from jaxtextgan.errors import InputError
 
 
@@ -44,27 +42,11 @@ def pair_batch_at(data: Encoded, step: int, batch_size: int, seed: int, pad_mult
           "attention_mask": rows["attention_mask"].reshape(batch_size, 2, width), "same": same}
 
 
-class PairBatches:
-  """Iterator over `pair_batch_at(step)` from step 0; `state()` / `restore(s)` carry the step."""
-
-  def __init__(self, data: Encoded, batch_size: int, seed: int, pad_multiple: int):
-    if batch_size < 1:
-      raise InputError(f"contrastive batch size {batch_size} is invalid: use a positive number of pairs")
-    if int((data.labels >= 0).sum()) < 2:
-      raise InputError("contrastive fine-tuning needs at least two labeled rows: label more rows or drop the "
-                       "contrastive methods")
-    self.data, self.batch_size, self.seed, self.pad_multiple, self.step = data, batch_size, seed, pad_multiple, 0
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = pair_batch_at(self.data, self.step, self.batch_size, self.seed, self.pad_multiple)
-    self.step += 1
-    return batch
-
-  def state(self) -> dict:
-    return {"step": self.step}
-
-  def restore(self, state: dict) -> None:
-    self.step = int(state["step"])
+def pair_batches(data: Encoded, batch_size: int, seed: int, pad_multiple: int) -> Batches:
+  """Resumable batches of `pair_batch_at(step)` from step 0 (`Batches` with `state()` / `restore(s)`)."""
+  if batch_size < 1:
+    raise InputError(f"contrastive batch size {batch_size} is invalid: use a positive number of pairs")
+  if int((data.labels >= 0).sum()) < 2:
+    raise InputError("contrastive fine-tuning needs at least two labeled rows: label more rows or drop the "
+                     "contrastive methods")
+  return Batches(data, batch_size, seed, pad_multiple, at=pair_batch_at)

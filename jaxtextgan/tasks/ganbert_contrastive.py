@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxtextgan import stage, training
 from jaxtextgan.data import classification as cls_data
-from jaxtextgan.data.pairs import PairBatches
+from jaxtextgan.data.pairs import pair_batches
 from jaxtextgan.models import bert
 from jaxtextgan.objectives import contrastive
 
@@ -66,7 +66,7 @@ def contrastive_encoder(config, data: cls_data.ClassificationData, encoder, *, s
   exp = config.experiment
   st = contrastive_stage(
     config, encoder.config, mesh, seed=seed, directory=directory, show_progress=show_progress,
-    batches=lambda: PairBatches(enc, int(exp.contrastive_batch_size), seed, config.data.pad_multiple),
+    batches=lambda: pair_batches(enc, int(exp.contrastive_batch_size), seed, config.data.pad_multiple),
     start=lambda state: with_params(state, encoder.params), tensorboard=config.train.tensorboard,
     meta={"seed": seed, "n_labeled": len(data.labeled), "encoder_dir": str(encoder.directory)})
   result = stage.run_stage(st, mesh)
