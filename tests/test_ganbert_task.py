@@ -208,6 +208,10 @@ def test_contrastive_methods_share_one_stage_per_seed(assets, tmp_path, capsys, 
   assert json.loads((stage_dir / "done.json").read_text())["step"] == 3
   report = (tmp_path / "report.md").read_text()
   assert "contrastive encoder (JAX), then GAN-BERT" in report and "contrastive encoder (JAX) + logistic" in report
+  from jaxtextgan.reports import ganbert as ganbert_report
+  once = sum(r["wall_seconds"] for r in out["runs"]) - runs["contrastive-ganbert"]["contrastive_seconds"]
+  assert ganbert_report.total_wall_seconds(out["runs"]) == pytest.approx(once)  # the shared Stage counted once
+  assert f"Wall time: {once / 60:.1f} min summed over the 2 runs (a contrastive Stage that two rows share" in report
   # The encoder both methods read is the contrastive Stage's, not the pre-trained one.
   data = cls_data.load_data(config.data, seed=0)
   pretrained = task.load_encoder(config.model, config.data.max_len)
