@@ -34,6 +34,7 @@ setup(
     "test": [
       "pytest>=8",
       "pytest-xdist>=3.5",
+      "pytest-rerunfailures>=16",  # reruns a test whose worker crashed in native code, never a failure (README)
       "torch==2.13.0",
       "transformers>=4.45,<5",
       "nbclient>=0.10",
