@@ -3,8 +3,11 @@ jaxtextgan's parity tests pin 4.x), offline, on a local sentence-transformers di
 
   python benchmarks/setfit_peer.py request.json answer.json
 
-request.json: {"model_dir", "train_texts", "train_labels", "test_texts", "steps", "batch_size", "max_len", "seed"};
-answer.json: {"predictions": [int, ...]} for test_texts. Called by `jaxtextgan.tasks.ganbert_peers.setfit`.
+request.json: {"model_dir", "train_texts", "train_labels", "test_texts", "steps", "batch_size", "max_len", "seed"},
+and optionally "head_cs" and "folds": then the head's C is chosen from head_cs by stratified `folds`-fold
+cross-validation on the labeled rows' SetFit embeddings (as jaxtextgan's frozen-lr chooses its C), instead of
+scikit-learn's default C = 1. answer.json: {"predictions": [int, ...]} for test_texts, and "C" when chosen.
+Called by `jaxtextgan.tasks.ganbert_peers.setfit`.
 SetFit's venv (README, "GAN-BERT against the alternatives"):
   python3 -m venv ~/setfit-venv && ~/setfit-venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
   ~/setfit-venv/bin/pip install setfit scikit-learn
@@ -13,6 +16,7 @@ SetFit's venv (README, "GAN-BERT against the alternatives"):
 import json
 import sys
 import tempfile
+import warnings
 
 
 def main(request_path: str, answer_path: str) -> None:
@@ -28,9 +32,19 @@ def main(request_path: str, answer_path: str) -> None:
                              max_steps=int(req["steps"]), num_epochs=1, seed=int(req["seed"]), report_to="none",
                              show_progress_bar=False)
     Trainer(model=model, args=args, train_dataset=train).train()
-  predictions = [int(p) for p in model.predict(req["test_texts"], batch_size=64)]
+  answer = {}
+  if req.get("head_cs"):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    search = GridSearchCV(LogisticRegression(max_iter=2000), {"C": list(req["head_cs"])}, scoring="accuracy",
+                          cv=StratifiedKFold(int(req["folds"]), shuffle=True, random_state=int(req["seed"])))
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # classes smaller than k: folds lack them
+      search.fit(model.encode(req["train_texts"], batch_size=64), req["train_labels"])
+    model.model_head, answer["C"] = search.best_estimator_, float(search.best_params_["C"])
+  answer["predictions"] = [int(p) for p in model.predict(req["test_texts"], batch_size=64)]
   with open(answer_path, "w", encoding="utf-8") as f:
-    json.dump({"predictions": predictions}, f)
+    json.dump(answer, f)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -92,6 +93,12 @@ def abstract_state(make_state: Callable[[jax.Array], TrainState], rng: jax.Array
   shardings = shd.state_shardings(abstract, mesh)
   with_shardings = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return with_shardings, shardings
+
+
+def place_like(new_tree, like_tree):
+  """`new_tree`'s host values, each placed in the sharding of the array at the same place in `like_tree`. (Steps
+  donate their state: a fresh device_put copy never aliases, and so never deletes, an array a later run needs.)"""
+  return jax.tree.map(lambda new, old: jax.device_put(np.asarray(new), old.sharding), new_tree, like_tree)
 
 
 def tree_l2_norm(tree) -> jax.Array:

@@ -234,7 +234,9 @@ assert peer.endswith("setfit_peer.py") and os.environ["HF_HUB_OFFLINE"] == "1", 
 req = json.load(open(request))
 assert {{"model_dir", "train_texts", "train_labels", "test_texts", "steps", "batch_size", "max_len", "seed"}} <= set(req)
 majority = collections.Counter(req["train_labels"]).most_common(1)[0][0]
-json.dump({{"predictions": [majority] * len(req["test_texts"])}}, open(answer, "w"))
+chosen = {{"C": req["head_cs"][-1]}} if req.get("head_cs") else {{}}
+assert not chosen or 2 <= req["folds"] <= len(req["train_labels"]), req
+json.dump({{"predictions": [majority] * len(req["test_texts"]), **chosen}}, open(answer, "w"))
 """)
   script.chmod(0o755)
   return str(script)
@@ -249,6 +251,11 @@ def test_setfit_peer_runs_offline_in_its_own_python(assets, tmp_path):
   encoder = task.load_encoder(config.model, config.data.max_len)
   row = task.peers.run_peer("setfit", config, data, encoder, seed=0)
   assert row["method"] == "setfit" and row["steps"] == 4 and 0 <= row["accuracy"] <= 1
+  assert "C" not in row["settings"]  # SetFit's own head: scikit-learn's C = 1
+  # setfit-cv: the head's C from frozen-lr's grid, by frozen-lr's folds.
+  row = task.peers.run_peer("setfit-cv", config, data, encoder, seed=0)
+  assert row["method"] == "setfit-cv" and row["settings"]["C"] in config.experiment.lr_cs
+  assert row["settings"]["folds"] == task.peers.cv_folds(np.asarray(data.labeled.labels))
 
 
 def test_same_budget_on_the_trec_split():

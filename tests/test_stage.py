@@ -17,6 +17,7 @@ from etils.epath import testing as epath_testing
 from jaxtextgan import errors, loop, stage, writers
 from jaxtextgan import sharding as shd
 from jaxtextgan.config import load_config
+from jaxtextgan.data import lm as lm_data
 from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import lm
 from jaxtextgan.tasks import common
@@ -245,6 +246,13 @@ def test_run_outputs_go_to_a_gs_workdir_through_epath(tmp_path, monkeypatch):
     run.writer._tb = None  # pylint: disable=protected-access  # the stand-in above
     words = common.tokenizer_for(run.workdir, "word", "the cat sat\n")
     assert common.tokenizer_for(run.workdir, "word", "other text\n").spec == words.spec  # read back
+    ids = lm_data.tokenize("the cat sat\n", words, cache_dir=common.cache_dir(run.workdir))
+    cached = list((bucket / "cache").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".npy"
+    np.testing.assert_array_equal(np.load(cached[0]), ids)
+    np.save(cached[0], ids + 1)  # a second tokenize of the same text is the cache's read
+    np.testing.assert_array_equal(lm_data.tokenize("the cat sat\n", words, cache_dir=common.cache_dir(run.workdir)),
+                                  ids + 1)
     for step, loss in ((1, 2.0), (2, 1.0)):
       run.writer.write(step, {"loss": loss})
     writers.write_samples(run.workdir / "samples.txt", ["the cat"], header="step 2")
@@ -253,6 +261,6 @@ def test_run_outputs_go_to_a_gs_workdir_through_epath(tmp_path, monkeypatch):
     stage.write_json(run.workdir / "done.json", {"step": 2})
     assert stage.read_done(run.workdir) == {"step": 2}
     assert [r["loss"] for r in writers.read_metrics(run.workdir / "metrics.jsonl")] == [2.0, 1.0]
-  assert sorted(p.name for p in bucket.iterdir()) == ["config.json", "curves.png", "done.json", "metrics.jsonl",
-                                                      "report.md", "samples.txt", "tokenizer"]
+  assert sorted(p.name for p in bucket.iterdir()) == ["cache", "config.json", "curves.png", "done.json",
+                                                      "metrics.jsonl", "report.md", "samples.txt", "tokenizer"]
   assert (bucket / "curves.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "gs:").exists()

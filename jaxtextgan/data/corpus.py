@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import pathlib
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from jaxtextgan.data import trigram as tg
 from jaxtextgan.errors import InputError
@@ -76,7 +76,7 @@ class Corpus:
     return tokens[starts[:, None] + np.arange(length + 1)[None, :]].astype(np.int32)
 
 
-def text_corpus(splits, tokenizer, seq_len: int, cache_dir: pathlib.Path | None) -> Corpus:
+def text_corpus(splits, tokenizer, seq_len: int, cache_dir: epath.Path | None) -> Corpus:
   """Text splits through a tokenizer into LM blocks (cached per tokenizer in `cache_dir`)."""
   from jaxtextgan.data import lm as lm_data
   blocks = lm_data.lm_blocks(splits, tokenizer, seq_len, cache_dir=cache_dir)
@@ -105,7 +105,7 @@ def oracle_corpus(lm: tg.TrigramLM, sentences: dict[str, np.ndarray], spec: str,
                 trigram=lm, sentences=sentences, test_log_p=test_log_p)
 
 
-def trigram_corpus(dcfg, seq_len: int, cache_dir: pathlib.Path | None) -> Corpus:
+def trigram_corpus(dcfg, seq_len: int, cache_dir: epath.Path | None) -> Corpus:
   """Sentences of `dcfg`'s trigram LM, one block [S, w1..wL] per sentence, with the test set's exact log p.
 
   Cached as .npz in `cache_dir` (written by process 0), keyed by the language, the split sizes and the seed.
@@ -118,8 +118,8 @@ def trigram_corpus(dcfg, seq_len: int, cache_dir: pathlib.Path | None) -> Corpus
   sizes = {"train": int(dcfg.train_sentences), "valid": int(dcfg.valid_sentences), "test": int(dcfg.test_sentences)}
   key = json.dumps([repr(lm), sizes, int(dcfg.corpus_seed)])
   path = None if cache_dir is None else cache_dir / f"trigram-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-  if path is not None and path.is_file():
-    with np.load(path) as z:
+  if path is not None and path.exists():
+    with path.open("rb") as f, np.load(f) as z:
       sentences = {k: z[k] for k in sizes}
       test_log_p = z["test_log_p"]
   else:
@@ -127,5 +127,6 @@ def trigram_corpus(dcfg, seq_len: int, cache_dir: pathlib.Path | None) -> Corpus
     test_log_p = lm.log_prob(sentences["test"])
     if path is not None and jax.process_index() == 0:
       path.parent.mkdir(parents=True, exist_ok=True)
-      np.savez(path, test_log_p=test_log_p, **sentences)
+      with path.open("wb") as f:
+        np.savez(f, test_log_p=test_log_p, **sentences)
   return oracle_corpus(lm, sentences, f"trigram:{lm!r}", test_log_p)

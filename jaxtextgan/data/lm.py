@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pathlib
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 from jaxtextgan.errors import InputError
 from jaxtextgan.tokenizers import Tokenizer, read_utf8
@@ -120,9 +120,10 @@ def tokenize(text: Text, tokenizer: Tokenizer, cache_dir: str | os.PathLike | No
     digest = hashlib.sha256(tokenizer.spec.encode())
     for doc in [text] if isinstance(text, str) else text:
       digest.update(b"\x00doc\x00" + doc.encode("utf-8"))
-    path = pathlib.Path(cache_dir) / f"tokens-{digest.hexdigest()[:24]}.npy"
-    if path.is_file():
-      return np.load(path)
+    path = epath.Path(cache_dir) / f"tokens-{digest.hexdigest()[:24]}.npy"  # local or gs://
+    if path.exists():
+      with path.open("rb") as f:
+        return np.load(f)
   if isinstance(text, str):
     ids = tokenizer.encode_corpus(text)
   else:
@@ -138,8 +139,9 @@ def tokenize(text: Text, tokenizer: Tokenizer, cache_dir: str | os.PathLike | No
   if path is not None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, ids)
-    os.replace(tmp, path)  # atomic, so concurrent readers never see half a file
+    with tmp.open("wb") as f:
+      np.save(f, ids)
+    tmp.replace(path)  # atomic on a local disk, so concurrent readers never see half a file
   return ids
 
 

@@ -20,11 +20,12 @@ NAMES = {
   "baseline": "fine-tune (release protocol: GAN-BERT's labeled passes)",
   "frozen-lr": "frozen encoder + logistic regression",
   "setfit": "SetFit",
+  "setfit-cv": "SetFit, head C by CV",
   "contrastive-lr": "contrastive encoder (JAX) + logistic regression",
   "contrastive-ganbert": "contrastive encoder (JAX), then GAN-BERT",
 }
 COLORS = {"ganbert": "tab:red", "finetune": "tab:blue", "ganbert-sup-only": "tab:orange", "baseline": "tab:cyan",
-          "frozen-lr": "tab:green", "setfit": "tab:purple",
+          "frozen-lr": "tab:green", "setfit": "tab:purple", "setfit-cv": "tab:pink",
           "contrastive-lr": "tab:olive", "contrastive-ganbert": "tab:brown"}
 HOW_CHOSEN = {
   "ganbert": "lr, schedule and steps fixed in advance (configs/ganbert.py)",
@@ -32,7 +33,8 @@ HOW_CHOSEN = {
   "ganbert-sup-only": "GAN-BERT's own batches and steps, fixed in advance",
   "baseline": "GAN-BERT's lr and schedule; steps = GAN-BERT's passes over each labeled row (release protocol)",
   "frozen-lr": "C chosen by k-fold cross-validation on the labeled rows only",
-  "setfit": "SetFit's defaults (lr, steps) fixed in advance",
+  "setfit": "SetFit's defaults (lr, steps, head C = 1) fixed in advance",
+  "setfit-cv": "SetFit's defaults, but the head's C chosen as frozen-lr's (k-fold CV on the labeled rows)",
   "contrastive-lr": "the contrastive Stage's lr, steps and pairs fixed in advance (SetFit's); C as frozen-lr",
   "contrastive-ganbert": "the contrastive Stage as contrastive-lr, then GAN-BERT's fixed settings",
 }

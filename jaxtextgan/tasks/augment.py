@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtextgan import evaluation, sampling, stage
+from jaxtextgan import evaluation, sampling, stage, writers
 from jaxtextgan.data import lm as lm_data
 from jaxtextgan.data import corpus
 from jaxtextgan.errors import InputError
@@ -179,7 +179,7 @@ def run(config, workdir) -> dict:
     return previous
 
   # 1. The base LM.
-  base_dir = pathlib.Path(config.lm_workdir).expanduser() if config.lm_workdir else r.workdir / "base"
+  base_dir = writers.workdir_path(config.lm_workdir) if config.lm_workdir else r.workdir / "base"  # local or gs://
   if not config.lm_workdir:
     finished = base_dir / "results.json"
     if not (finished.exists() and json.loads(finished.read_text()).get("step") == config.train.steps):

@@ -74,9 +74,9 @@ def text_corpus(workdir, cfg, tokenizer: tok.Tokenizer | None = None) -> corpus.
   return corpus.text_corpus(splits, tokenizer, cfg.data.seq_len, cache_dir(workdir))
 
 
-def cache_dir(workdir) -> pathlib.Path | None:
-  """<workdir>/cache for tokenized text, on a local workdir only (`data.lm.tokenize` writes through pathlib)."""
-  return pathlib.Path(workdir) / "cache" if writers.is_local(workdir) else None
+def cache_dir(workdir) -> epath.Path:
+  """<workdir>/cache for tokenized text and the trigram corpus (local or gs://, through epath)."""
+  return writers.workdir_path(workdir) / "cache"
 
 
 def train_batches(blocks, batch_size: int, seed: int):

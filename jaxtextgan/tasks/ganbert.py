@@ -53,7 +53,8 @@ from jaxtextgan.tasks import common, ganbert_contrastive, ganbert_peers as peers
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 TRAINED = ("ganbert", "finetune", "ganbert-sup-only", "baseline")  # trained as one Stage each
-METHODS = TRAINED + ("frozen-lr", "setfit") + ganbert_contrastive.METHODS
+SETFIT = ("setfit", "setfit-cv")  # run in SetFit's own venv
+METHODS = TRAINED + ("frozen-lr",) + SETFIT + ganbert_contrastive.METHODS
 
 
 # ------------------------------------------------------------------------------------------------------ encoder
@@ -96,13 +97,10 @@ def model_config(model_cfg, num_classes: int, method: str) -> ganbert.GanBertCon
 
 
 def with_encoder(state: ganbert.GanBertState, encoder_params) -> ganbert.GanBertState:
-  """`state` with the classifier's encoder set to the pre-trained `encoder_params`, each array placed from the host
-  in the layout of the one it replaces; AdamW's moments are zeros whatever the weights, so nothing else changes.
-  (The steps donate the state: placed directly, a shard could alias, and delete, the arrays the next run needs.)"""
+  """`state` with the classifier's encoder set to the pre-trained `encoder_params`, placed like the arrays they
+  replace (`training.place_like`); AdamW's moments are zeros whatever the weights, so nothing else changes."""
   model = nnx.merge(state.d.graphdef, state.d.params)
-  current = nnx.state(model.encoder, nnx.Param)
-  nnx.update(model.encoder, jax.tree.map(lambda new, old: jax.device_put(np.asarray(new), old.sharding),
-                                         encoder_params, current))
+  nnx.update(model.encoder, training.place_like(encoder_params, nnx.state(model.encoder, nnx.Param)))
   return state.replace(d=state.d.replace(params=nnx.state(model, nnx.Param)))
 
 
@@ -208,16 +206,14 @@ def dry_run_stages(config, mesh) -> list[stage.Stage]:
   check_config(config)
   bert_cfg = encoder_config(config.model, config.data.max_len)
   k = cls_data.num_classes(config.data)
-  methods = (tuple(m for m in config.experiment.methods if m in TRAINED) if config.mode == "experiment"
-             else (config.method,))
-  stages = [ganbert_stage(config, bert_cfg, model_config(config.model, k, method), mesh, name=method,
+  methods = tuple(config.experiment.methods) if config.mode == "experiment" else (config.method,)
+  kinds = {}  # each model kind a method trains -> the first method that trains it (contrastive-ganbert: GAN-BERT's)
+  for m in methods:
+    kinds.setdefault("ganbert" if m == "contrastive-ganbert" else m, m)
+  stages = [ganbert_stage(config, bert_cfg, model_config(config.model, k, kind), mesh, name=name,
                           num_steps=max(int(config.train.steps), 1), seed=config.seed, batches=None, directory=None)
-            for method in methods]
-  contrastive = config.mode == "experiment" and any(m in ganbert_contrastive.METHODS for m in config.experiment.methods)
-  if contrastive and "contrastive-ganbert" in config.experiment.methods and "ganbert" not in methods:
-    stages.append(ganbert_stage(config, bert_cfg, model_config(config.model, k, "ganbert"), mesh,
-                                name="contrastive-ganbert", num_steps=max(int(config.train.steps), 1),
-                                seed=config.seed, batches=None, directory=None))
+            for kind, name in kinds.items() if kind in TRAINED]
+  contrastive = any(m in ganbert_contrastive.METHODS for m in methods)
   return ([ganbert_contrastive.dry_run_stage(config, bert_cfg, mesh)] if contrastive else []) + stages
 
 
@@ -405,8 +401,8 @@ def run_experiment(config, workdir) -> dict:
   for m in methods:
     if m not in METHODS:
       raise InputError(f"experiment.methods has {m!r}: use {', '.join(METHODS)}")
-  if "setfit" in methods and not exp.get("setfit_python"):
-    raise InputError("experiment.methods has 'setfit' but experiment.setfit_python is empty: give the python of "
+  if set(SETFIT) & set(methods) and not exp.get("setfit_python"):
+    raise InputError("experiment.methods has SetFit but experiment.setfit_python is empty: give the python of "
                      "SetFit's own venv (README, 'GAN-BERT against the alternatives')")
   if not seeds:
     raise InputError("experiment.seeds is empty: give at least one seed (3 for mean +- std)")

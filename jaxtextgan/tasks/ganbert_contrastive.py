@@ -19,7 +19,6 @@ import functools
 import pathlib
 
 import jax
-import numpy as np
 
 from jaxtextgan import stage, training
 from jaxtextgan.data import classification as cls_data
@@ -53,9 +52,8 @@ def contrastive_stage(config, bert_cfg: bert.BertConfig, mesh, *, seed: int, **o
 
 
 def with_params(state: training.TrainState, params) -> training.TrainState:
-  """`state` with its parameters set from host arrays, each placed in the layout of the one it replaces."""
-  return state.replace(params=jax.tree.map(lambda new, old: jax.device_put(np.asarray(new), old.sharding),
-                                           params, state.params))
+  """`state` with its parameters set from host arrays, placed like the ones they replace."""
+  return state.replace(params=training.place_like(params, state.params))
 
 
 def contrastive_encoder(config, data: cls_data.ClassificationData, encoder, *, seed: int, directory: pathlib.Path,

@@ -1,4 +1,4 @@
-"""The GAN-BERT experiment's peers that are not trained as a Stage (issue 14): 'frozen-lr' and 'setfit'.
+"""The GAN-BERT experiment's peers that are not trained as a Stage (issue 14): 'frozen-lr', 'setfit', 'setfit-cv'.
 
 * 'frozen-lr': x -> v = mean-pool(BERT(x)) / ||.||_2 with the pre-trained encoder frozen (sentence-transformers'
   recipe for MiniLM), then scikit-learn's multinomial logistic regression; its inverse regularisation C is chosen
@@ -7,12 +7,15 @@
 * 'setfit': SetFit (Tunstall et al. 2022) on the same encoder directory: contrastive fine-tuning on pairs of labeled
   rows, then a logistic-regression head. It needs transformers 5 (our parity tests pin 4.x), so it runs in its own
   Python, `experiment.setfit_python`, as `benchmarks/setfit_peer.py` (JSON in, predictions out), offline.
+* 'setfit-cv': SetFit with its head's C chosen as frozen-lr's (the same grid, folds and seed) instead of
+  scikit-learn's C = 1, so that it is tuned as much as the logistic-regression methods.
 
 Both return a row like `tasks.ganbert.train_and_evaluate`'s: test accuracy and macro-F1, wall time, n_L.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -52,6 +55,12 @@ def embed(encoder, examples: cls_data.Examples, max_len: int, batch_size: int, p
   return out_ND / np.maximum(np.linalg.norm(out_ND, axis=1, keepdims=True), 1e-12)
 
 
+def cv_folds(labels_N: np.ndarray) -> int:
+  """k of the stratified k-fold CV that chooses C: min(5, the smallest class's size), at least 2, at most N."""
+  return int(min(max(2, min(5, np.bincount(labels_N).min(initial=len(labels_N)) if len(labels_N) else 2)),
+                 len(labels_N)))
+
+
 def frozen_lr(config, data: cls_data.ClassificationData, encoder, *, seed: int) -> tuple[np.ndarray, dict]:
   """(test predictions, {'C': chosen C, 'folds': k}): C by stratified k-fold CV on the labeled rows only."""
   from sklearn.linear_model import LogisticRegression
@@ -60,8 +69,7 @@ def frozen_lr(config, data: cls_data.ClassificationData, encoder, *, seed: int) 
   args = (config.data.max_len, config.eval.batch_size, config.data.pad_multiple)
   x_train, x_test = embed(encoder, data.labeled, *args), embed(encoder, data.test, *args)
   y = np.asarray(data.labeled.labels)
-  folds = int(max(2, min(5, np.bincount(y).min(initial=len(y)) if len(y) else 2)))
-  folds = min(folds, len(y))
+  folds = cv_folds(y)
   search = GridSearchCV(LogisticRegression(max_iter=2000), {"C": list(config.experiment.lr_cs)},
                         cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="accuracy")
   with warnings.catch_warnings():
@@ -70,13 +78,18 @@ def frozen_lr(config, data: cls_data.ClassificationData, encoder, *, seed: int) 
   return search.predict(x_test), {"C": float(search.best_params_["C"]), "folds": folds}
 
 
-def setfit(config, data: cls_data.ClassificationData, encoder, *, seed: int) -> tuple[np.ndarray, dict]:
-  """(test predictions, settings): `benchmarks/setfit_peer.py` under `experiment.setfit_python`, offline."""
+def setfit(config, data: cls_data.ClassificationData, encoder, *, seed: int,
+           choose_c: bool = False) -> tuple[np.ndarray, dict]:
+  """(test predictions, settings): `benchmarks/setfit_peer.py` under `experiment.setfit_python`, offline; with
+  `choose_c`, the head's C by frozen-lr's cross-validation on the labeled rows."""
   python = config.experiment.get("setfit_python", "")
   if not python or not pathlib.Path(python).exists():
     raise InputError(f"experiment.setfit_python={python!r} does not exist: create SetFit's venv (README)")
   settings = {"steps": int(config.experiment.setfit_steps), "batch_size": int(config.experiment.setfit_batch_size),
               "max_len": int(config.data.max_len), "seed": seed}
+  if choose_c:
+    settings.update(head_cs=[float(c) for c in config.experiment.lr_cs],
+                    folds=cv_folds(np.asarray(data.labeled.labels)))
   with tempfile.TemporaryDirectory() as tmp:
     request, answer = pathlib.Path(tmp) / "in.json", pathlib.Path(tmp) / "out.json"
     request.write_text(json.dumps({"model_dir": str(encoder.directory), "train_texts": list(data.labeled.texts),
@@ -89,14 +102,16 @@ def setfit(config, data: cls_data.ClassificationData, encoder, *, seed: int) -> 
                           text=True, check=False)
     if done.returncode != 0:
       raise RuntimeError(f"SetFit failed ({python} {SETFIT_SCRIPT}):\n{done.stderr[-3000:]}")
-    return np.asarray(json.loads(answer.read_text(encoding="utf-8"))["predictions"]), settings
+    answer = json.loads(answer.read_text(encoding="utf-8"))
+    return np.asarray(answer["predictions"]), {**settings, **({"C": answer["C"]} if "C" in answer else {})}
 
 
 def run_peer(method: str, config, data: cls_data.ClassificationData, encoder, *, seed: int, mesh=None) -> dict:
   """One peer run on `data`, as an experiment row."""
   del mesh
   t0, load_start = time.perf_counter(), os.getloadavg()[0]
-  predictions, settings = {"frozen-lr": frozen_lr, "setfit": setfit}[method](config, data, encoder, seed=seed)
+  run = {"frozen-lr": frozen_lr, "setfit": setfit, "setfit-cv": functools.partial(setfit, choose_c=True)}[method]
+  predictions, settings = run(config, data, encoder, seed=seed)
   out = {"method": method, "seed": seed, "data": data.name, "n_labeled": len(data.labeled), "n_unlabeled": 0,
          "labeled_fraction": data.labeled_fraction, "replication": 0, "steps": settings.get("steps", 0),
          "labeled_passes": 0.0, "step": 0, "preempted": False, "settings": settings}

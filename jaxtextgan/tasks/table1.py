@@ -16,6 +16,7 @@ import time
 import jax
 import ml_collections
 
+from jaxtextgan import writers
 from jaxtextgan.tasks import augment as augment_task
 from jaxtextgan.stage import write_json
 from jaxtextgan.tasks import common
@@ -88,7 +89,7 @@ def run(config, workdir) -> dict:
           ("control: fine-tuned further without augmentation, same steps", layers24, aug["arms"]["none"])]
   wall = time.perf_counter() - t0
   text = render(config, rows, wall, splits)
-  output = pathlib.Path(config.output)
+  output = writers.workdir_path(config.output)  # local or gs://
   if jax.process_index() == 0:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
