@@ -58,9 +58,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(batch_size=64))
   c.experiment = ml_collections.ConfigDict(dict(
     fractions=(), seeds=(0, 1, 2),
-    methods=("ganbert", "finetune", "ganbert-sup-only", "frozen-lr", "setfit", "contrastive-lr", "contrastive-ganbert"),
+    methods=("ganbert", "finetune", "ganbert-sup-only", "frozen-lr", "setfit", "setfit-cv", "contrastive-lr",
+             "contrastive-ganbert"),
     report="", figure="", title="", compile_cache=False, progress=True, command="",
-    lr_cs=(0.01, 0.1, 1.0, 10.0, 100.0),  # frozen-lr: C chosen among these by k-fold CV on the labeled rows
+    lr_cs=(0.01, 0.1, 1.0, 10.0, 100.0),  # frozen-lr, contrastive-lr, setfit-cv: C by k-fold CV on the labeled rows
     setfit_python=os.environ.get("SETFIT_PYTHON", ""),  # SetFit's own venv's python (README)
     setfit_steps=300, setfit_batch_size=16,  # fixed in advance (issue 14's SetFit run)
     # The contrastive Stage (SetFit's first stage in JAX; 'contrastive-lr', 'contrastive-ganbert'): SetFit's values.
@@ -72,14 +73,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.experiment.update(dict(report="results/ganbert_trec.md", figure="results/ganbert_trec.png",
                              title="TREC fine (109 labeled, GAN-BERT release split)"))
   elif preset == "bbc_experiment":
-    # 30 runs (5 fractions x 3 seeds x 2 methods) in about an hour on 2 cores: max_len 64 (headline and first
-    # sentence), batch 16, a fixed 150 GAN-BERT iterations per run (1.25 epochs of the 1,915 training articles;
-    # every run then shares one compiled program), and a 10% test split (213 articles) to keep evaluation cheap.
+    # Issue 14's BBC target: 1, 2 and 5 % labeled, 3 seeds. max_len 64 (headline and first sentence), batch 16, a
+    # fixed 150 GAN-BERT iterations per run (1.25 epochs of the 1,915 training articles; every fine-tuned method gets
+    # the same steps, and every run shares one compiled program), a 10% test split (213 articles).
     c.mode = "experiment"
     c.data.update(dict(source="bbc", max_len=64, batch_size=16, test_fraction=0.1))
     c.train.update(dict(epochs=0.0, steps=150, tensorboard=False))
-    c.experiment.update(dict(fractions=(0.01, 0.02, 0.05, 0.1, 0.5), report="results/ganbert_bbc.md",
-                             figure="results/ganbert_bbc.png", title="BBC News (5 classes)"))
+    c.experiment.update(dict(fractions=(0.01, 0.02, 0.05), report="results/ganbert_bbc_equal.md",
+                             figure="results/ganbert_bbc_equal.png", title="BBC News (5 classes)"))
   elif preset:
     raise ValueError(f"unknown preset {preset!r}: use trec_experiment or bbc_experiment")
   return c

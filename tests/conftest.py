@@ -32,3 +32,12 @@ def shared_path(*parts: str) -> pathlib.Path:
 @pytest.fixture
 def shared():
   return shared_path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops every compiled program after each test module. Each XLA:CPU executable holds about four memory maps,
+  which live as long as JAX's caches hold it; a test worker that compiles for 15 minutes reached 36k maps, and at
+  Linux's default vm.max_map_count (65,530) the next compile segfaulted inside XLA (seen in several tests)."""
+  yield
+  jax.clear_caches()

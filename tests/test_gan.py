@@ -203,9 +203,10 @@ def test_train_step_is_n_critic_d_steps_then_a_g_step(loss):
 
 @pytest.mark.parametrize("loss", ["minimax", "wgan-gp"])
 def test_sharded_steps_match_one_device(loss):
-  """Meshes (8,1,1), (2,2,2), (1,2,4) give the losses and parameters of one device after two steps."""
+  """Meshes (2,2,2) and (1,2,4) give the losses and parameters of one device after two steps. (Plain data
+  parallelism, (8,1,1), is the data axis of (2,2,2) alone: the suite's time goes to the meshes that add axes.)"""
   results = {}
-  shapes = [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)]
+  shapes = [(1, 1, 1), (2, 2, 2), (1, 2, 4)]
   for shape, step in zip(shapes, _train_steps(loss, shapes)):
     mesh, state, _ = _init(shape)
     history = []

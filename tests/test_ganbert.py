@@ -310,7 +310,7 @@ def test_feature_matching_takes_both_sides_through_one_d():
 PARAM_ATOL = 0.02 * OPT["lr"]
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)])
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 2, 4)])  # (8,1,1) is (2,2,2)'s data axis alone
 def test_steps_give_the_same_losses_and_params_on_a_mesh_as_on_one_device(one_device, shape):
   mesh1, state1, steps1 = one_device
   batch = _batch()
