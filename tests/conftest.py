@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices, and access to ../shared."""
 
+import gc
 import os
 import pathlib
 
@@ -35,9 +36,16 @@ def shared():
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _release_compiled_programs():
-  """Drops every compiled program after each test module. Each XLA:CPU executable holds about four memory maps,
-  which live as long as JAX's caches hold it; a test worker that compiles for 15 minutes reached 36k maps, and at
-  Linux's default vm.max_map_count (65,530) the next compile segfaulted inside XLA (seen in several tests)."""
+def _release_compiled_programs(request):
+  """Drops every compiled program after each test module: JAX's caches, and the module's own caches of compiled
+  steps (its lru_caches and its `_UPPER_CASE` dicts). Each XLA:CPU executable holds memory maps (a GAN train step,
+  about a thousand) for as long as anything holds it; a test worker that compiled for 15 minutes reached 36k maps,
+  and near Linux's default vm.max_map_count (65,530) the next compile segfaulted inside XLA."""
   yield
+  for name, value in vars(request.module).items():
+    if hasattr(value, "cache_clear"):
+      value.cache_clear()
+    elif isinstance(value, dict) and name.startswith("_") and name.isupper():
+      value.clear()
   jax.clear_caches()
+  gc.collect()
