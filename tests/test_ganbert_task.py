@@ -378,6 +378,9 @@ def test_report_says_who_wins_and_when_it_is_partial():
            "wall_seconds": 1.0, "steps": 5} for m, acc in (("ganbert", 0.40), ("finetune", 0.50)) for s in (0, 1)]
   text = report.render(config, rows, report.summarize(rows), "cmd")
   assert "Partial: 4 of the 6 planned runs" in text
+  # A finished run of a method this invocation does not list (kept in runs.jsonl) is not one of the planned runs.
+  other = dict(rows[0], method="frozen-lr")
+  assert "Partial: 4 of the 6 planned runs" in report.render(config, rows + [other], report.summarize(rows), "cmd")
   assert ("best accuracy: fine-tune (labeled only, GAN-BERT's steps) (0.5050); GAN-BERT is 10.0 points below it"
           in text)
   config.experiment.seeds = (0, 1)

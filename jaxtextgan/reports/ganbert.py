@@ -123,10 +123,11 @@ def write_report(config, rows: Sequence[dict], command: str) -> None:
 def partial(config, rows: Sequence[dict]) -> list[str]:
   """A warning while the experiment has fewer finished runs than fractions x seeds x methods."""
   exp = config.experiment
-  planned = max(1, len(exp.fractions)) * len(exp.seeds) * len(exp.methods)
-  if len(rows) >= planned:
+  planned = {(f, s, m) for f in (list(exp.fractions) or [None]) for s in exp.seeds for m in exp.methods}
+  finished = len(planned & {(r.get("fraction"), r["seed"], r["method"]) for r in rows})  # rows of other methods: not
+  if finished >= len(planned):
     return []
-  return [f"**Partial: {len(rows)} of the {planned} planned runs have finished** (methods "
+  return [f"**Partial: {finished} of the {len(planned)} planned runs have finished** (methods "
           f"{', '.join(exp.methods)}; seeds {', '.join(map(str, exp.seeds))}). Running the command again continues "
           "the experiment; until then the verdict covers only the methods and seeds listed below.", ""]
 
