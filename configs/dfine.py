@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   # sums Q_w = Σ_c q0(w|c) on `bias_init_blocks` random blocks (0: all; tasks.dfine.unigram_estimate): counts on a
   # sample were too noisy (D started above log 4), q0's smooth probabilities are not.
   # lr 1e-3 (Adam moves all 10k output rows at once) made D worse than its start; 400 steps at 1e-4 learned 0.002
-  # nats over the unigram-only D, 1000 steps at 3e-4 learn 0.019 (results/dfine_ptb_seeds.md).
+  # nats over the unigram-only D, 1000 steps at 3e-4 learn 0.015 ± 0.004 (3 seeds, results/dfine_ptb_seeds_d1000.md).
   # train_layers: 'all' | 'head' (output layer + final norm) | 'top:N' (the head and the top N blocks); the rest of
   # q0's copy stays frozen (objectives.dfine.make_tx).
   c.discriminator = ml_collections.ConfigDict(dict(
