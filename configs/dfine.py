@@ -5,7 +5,7 @@ discriminator" ablation (r ≡ 1/2); each stage checkpoints in its own subdirect
 
 python -m jaxtextgan.main --config=configs/dfine.py --workdir=workdirs/dfine_ptb
 
-Sized for a shared 2-core CPU (the whole command in about 35 minutes). Start from an existing LM workdir
+Sized for a 2-core CPU: one seed took 13 minutes on a lightly loaded one (seed 2 of results/dfine_ptb_seeds_d1000.md). Start from an existing LM workdir
 (configs/lm.py) with --config.init_lm.workdir=DIR and the matching --config.model.* fields.
 """
 
