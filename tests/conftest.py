@@ -39,8 +39,8 @@ def shared():
 def _release_compiled_programs(request):
   """Drops every compiled program after each test module: JAX's caches, and the module's own caches of compiled
   steps (its lru_caches and its `_UPPER_CASE` dicts). Each XLA:CPU executable holds memory maps (a GAN train step,
-  about a thousand) for as long as anything holds it; a test worker that compiled for 15 minutes reached 36k maps,
-  and near Linux's default vm.max_map_count (65,530) the next compile segfaulted inside XLA."""
+  about a thousand) for as long as anything holds it; a test worker that compiled for 15 minutes had 36k maps, Linux's
+  default vm.max_map_count is 65,530, and workers used to segfault inside XLA's compiler late in a run."""
   yield
   for name, value in vars(request.module).items():
     if hasattr(value, "cache_clear"):
