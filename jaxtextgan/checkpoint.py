@@ -149,15 +149,18 @@ def _abstract(x):
 def check_meta(saved: dict, expected: dict, where) -> None:
   """A checkpoint resumes a run only if its meta agrees on every key that run records (model, method, labels...).
 
-  A key the checkpoint lacks is accepted (checkpoints of earlier versions); a difference is one InputError that
-  names the differing fields and leaves the checkpoint in place.
+  A key the checkpoint lacks, at the top level or inside a dict such as `model`, is accepted (checkpoints of earlier
+  versions); a difference is one InputError that names the differing fields and leaves the checkpoint in place.
   """
   saved, expected = json.loads(json.dumps(saved)), json.loads(json.dumps(expected))
   for key, value in expected.items():
     if key not in saved or key == "data" or saved[key] == value:
       continue
     if isinstance(value, dict) and isinstance(saved[key], dict):
-      fields = sorted(k for k in set(value) | set(saved[key]) if value.get(k) != saved[key].get(k))
+      # A field the checkpoint lacks (added to the config since) is accepted here too.
+      fields = sorted(k for k in saved[key] if value.get(k) != saved[key][k])
+      if not fields:
+        continue
       detail = f"its {key} differs in {', '.join(fields)}"
     else:
       detail = f"its {key} is {saved[key]!r}, this run's {value!r}"

@@ -45,6 +45,7 @@ def lower_and_report(jitted, abstract_args: tuple, mesh, *, params, frozen_param
     "flops_per_step": float(cost.get("flops", float("nan"))) if cost else float("nan"),
     "bytes_accessed": float(cost.get("bytes accessed", 0.0)) if cost else 0.0,
     "compile_seconds": compile_s,
+    "prng_impl": str(jax.config.jax_default_prng_impl),
   }
   if frozen_params is not None:
     report["frozen_params"] = _params_count(frozen_params)
@@ -82,6 +83,8 @@ def format_report(report: dict[str, Any]) -> str:
     size = {k: report[f"{k}_size_in_bytes"] / gib for k in ("argument", "output", "alias", "temp")}
     lines += [f"per-device memory  {report['per_device_bytes'] / gib:.3f} GiB (arguments {size['argument']:.3f}, "
               f"outputs {size['output']:.3f}, aliased {size['alias']:.3f}, temporaries {size['temp']:.3f})"]
+  if "prng_impl" in report:
+    lines.append(f"random keys        {report['prng_impl']} (--prng_impl)")
   lines.append(f"compile time       {report['compile_seconds']:.1f} s")
   return "\n".join(lines)
 

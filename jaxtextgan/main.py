@@ -39,6 +39,12 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "With --dry_run: compile for t
 _MAX_BATCH = flags.DEFINE_bool("max_batch", False, "With --dry_run --topology: search the largest per-chip batch "
                                "(a power of two) that fits the chip's HBM.")
 
+_PRNG_IMPL = flags.DEFINE_enum("prng_impl", None, ["threefry2x32", "rbg", "unsafe_rbg"],
+                               "Generator of every random key (init, dropout, noise); default JAX's threefry2x32. "
+                               "TPUs make rbg/unsafe_rbg bits in hardware: on v5e, threefry's dropout bits need "
+                               "about 7 GiB more per chip at 8 sequences of 1,024 (results/tpu.md). Another "
+                               "generator draws other random numbers: resume a run with the one it started with.")
+
 
 def _init_distributed() -> None:
   """Joins a multi-process run: explicit coordinator flags, or `--multihost` for JAX's auto-detection.
@@ -69,6 +75,9 @@ def main(argv) -> None:
   objective = config.get("objective")
   if objective not in TASKS:
     raise InputError(f"config.objective={objective!r} is unknown: use one of {', '.join(TASKS)}")
+  if _PRNG_IMPL.value:
+    import jax
+    jax.config.update("jax_default_prng_impl", _PRNG_IMPL.value)
   _init_distributed()
   if (_TOPOLOGY.value or _MAX_BATCH.value) and not _DRY_RUN.value:
     raise InputError("--topology and --max_batch only apply to --dry_run: add --dry_run")

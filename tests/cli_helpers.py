@@ -1,5 +1,6 @@
 """Helpers for tests that run the command line in subprocesses on a tiny text corpus."""
 
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -52,3 +53,20 @@ def tiny_gan_config(mesh_shape):
   config.discriminator.update(dict(kind="cnn", widths=(2, 3), filters=8))
   config.gan.update(dict(batch_size=8, n_critic=2, fast_compile=True))
   return config
+
+
+@contextlib.contextmanager
+def fake_bucket(root):
+  """gs://bucket/... served from the folder `root` by epath's backend: what goes through epath lands there, while a
+  write that bypasses epath (open, pathlib) would make a local 'gs:' folder instead."""
+  from etils.epath import testing as epath_testing  # here, so the subprocess helpers above import no JAX
+
+  def local(path):
+    path = os.fspath(path)
+    return os.fspath(root / path[len("gs://bucket/"):]) if path.startswith("gs://bucket/") else path
+
+  one = lambda fn, path, *args, **kwargs: fn(local(path), *args, **kwargs)
+  two = lambda fn, path, dst, *args, **kwargs: fn(local(path), local(dst), *args, **kwargs)
+  names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rmtree", "stat", "walk")
+  with epath_testing.mock_epath(copy=two, rename=two, replace=two, **{name: one for name in names}):
+    yield

@@ -102,3 +102,16 @@ def test_another_layout_is_a_clear_error_and_the_checkpoint_stays(tmp_path):
   assert ckpt.steps == [4] and not (tmp_path / "corrupt_checkpoints").exists()
   restored, _, step = ckpt.restore_latest(make_state(1))
   assert step == 4
+
+
+def test_check_meta_accepts_fields_the_checkpoint_lacks_and_refuses_changed_ones():
+  """A config field added since a checkpoint was saved (e.g. model.loss_chunk) does not block resuming it; a
+  changed field, at any level, is one InputError naming it."""
+  saved = {"model": {"n_layer": 2, "remat": False}, "tokenizer": "word"}
+  checkpoint.check_meta(saved, {"model": {"n_layer": 2, "remat": False, "loss_chunk": 128}, "tokenizer": "word",
+                                "objective": "lm"}, "w")
+  with pytest.raises(InputError, match=r"its model differs in n_layer\): use a new --workdir") as err:
+    checkpoint.check_meta(saved, {"model": {"n_layer": 3, "remat": False, "loss_chunk": 0}}, "w")
+  assert "\n" not in str(err.value)
+  with pytest.raises(InputError, match=r"its tokenizer is 'word', this run's 'bpe'"):
+    checkpoint.check_meta(saved, {"tokenizer": "bpe"}, "w")

@@ -8,9 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from jaxtextgan import tokenizers as tok
 from jaxtextgan.config import load_config
 from jaxtextgan.errors import InputError
 from jaxtextgan.tasks import dfine as task
+from cli_helpers import fake_bucket
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -118,6 +120,25 @@ def test_initial_lm_from_an_lm_workdir(finished, tmp_path):
   out = task.run(cfg, tmp_path / "work")
   assert "stage1_lm" not in out["stages"]
   assert out["report"]["table1"]["Initial model"] == first["report"]["table1"]["Initial model"]
+
+
+def test_initial_lm_workdir_in_a_bucket(finished, tmp_path):
+  """init_lm.workdir=gs://...: the LM's checkpoint and tokenizer are found and read through epath (a fake bucket
+  here: a read that bypassed epath would look for a local 'gs:' folder)."""
+  tmp, _, _, _ = finished
+  cfg = tiny_config(tmp_path)
+  local = tmp / "work" / "stage1_lm"
+  cfg.init_lm.workdir = "gs://bucket/stage1_lm"
+  with fake_bucket(tmp / "work"):
+    ckpt_dir, step = task.init_lm_checkpoint(cfg)
+  assert str(ckpt_dir) == "gs://bucket/stage1_lm/checkpoints"
+  assert step == max(int(p.name) for p in (local / "checkpoints").iterdir() if p.name.isdigit())
+  # A text-trained LM's workdir also holds its tokenizer, which a text run of dfine takes (this one is trigram).
+  saved = tok.word_tokenizer("the cat sat on the mat .", name="words")
+  saved.save(tmp_path / "bucket" / "lm" / "tokenizer")
+  cfg.init_lm.workdir = "gs://bucket/lm"
+  with fake_bucket(tmp_path / "bucket"):
+    assert task._init_lm_tokenizer(cfg).spec == saved.spec
 
 
 def test_discriminator_with_another_vocabulary(tmp_path):

@@ -150,3 +150,13 @@ def test_dry_run_of_another_objective_is_a_one_line_error(tmp_path):
   assert "\n" not in str(err.value)
   proc = cli(tmp_path / "run", ["--dry_run"], config="configs/augment.py", check=False)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --dry_run is not available")
+
+
+def test_prng_impl_flag_sets_the_generator_of_every_key(tmp_path):
+  """`--prng_impl=unsafe_rbg` (TPU's hardware bits) reaches the compiled step: the report names it; by default it is
+  JAX's threefry2x32."""
+  assert dryrun.dry_run(lm_config())["lm"]["prng_impl"] == "threefry2x32"
+  small = ["--config.model.n_layer=1", "--config.model.d_model=32", "--config.model.n_head=2",
+           "--config.model.d_ff=64", "--config.model.vocab_size=512", "--config.data.seq_len=16"]
+  proc = cli(tmp_path / "run", ["--dry_run", "--prng_impl=unsafe_rbg", *small])
+  assert "random keys        unsafe_rbg (--prng_impl)" in proc.stdout

@@ -121,3 +121,25 @@ def test_params_are_actually_sharded_on_2x2x2():
   unrolled, _ = lm.init_state(cfg.replace(scan_layers=False), opt_cfg(), jax.random.key(0), mesh)
   fc1 = unrolled.params["blocks"][1]["mlp"]["fc"]["kernel"].get_value()
   assert fc1.shape == (32, 64) and fc1.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+def test_loss_chunk_gives_the_same_loss_metrics_and_gradients():
+  """model.loss_chunk only changes how many logits exist at once: loss, sums and gradients equal the whole-sequence
+  loss, with dropout on (the same keys) and a padding mask."""
+  from flax import nnx
+  cfg = gpt2.preset("tiny", vocab_size=64, max_len=16)
+  b = {k: jnp.asarray(v) for k, v in batch().items()}
+  b["mask"] = jnp.asarray(np.arange(16)[None, :] < np.array([[16]] * 6 + [[9]] * 2)).astype(jnp.float32)
+
+  def loss_and_grads(model_cfg):
+    graphdef, params = nnx.split(gpt2.GPT2(model_cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    return jax.jit(jax.value_and_grad(lambda p: lm.lm_loss(p, graphdef, b, jax.random.key(5)), has_aux=True))(params)
+
+  (loss, sums), grads = loss_and_grads(cfg)
+  (loss_c, sums_c), grads_c = loss_and_grads(cfg.replace(loss_chunk=4))
+  np.testing.assert_allclose(float(loss_c), float(loss), rtol=1e-6)
+  assert [float(x) for x in sums_c[1:]] == [float(x) for x in sums[1:]]
+  for a, c in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_c)):
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="loss_chunk=-1 is negative"):
+    cfg.replace(loss_chunk=-1)

@@ -366,3 +366,29 @@ def test_cross_entropy_and_hits_gradient_matches_numpy():
   want = mask[..., None] * (p - np.eye(logits.shape[-1])[targets])
   np.testing.assert_allclose(grad_nll, want, rtol=1e-4, atol=1e-6)
   assert not np.any(grad_hits)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 6])
+def test_chunked_cross_entropy_equals_the_whole_and_its_gradient(chunk):
+  """Chunked over T (logits made `chunk` positions at a time, under remat): the same sums and the same gradients
+  in the hidden states and the projection as `cross_entropy_and_hits` on the whole logits."""
+  rng = np.random.RandomState(3)
+  h = jnp.asarray(rng.randn(2, 6, 4).astype(np.float32))
+  w = jnp.asarray(rng.randn(4, 9).astype(np.float32))
+  targets = jnp.asarray(rng.randint(0, 9, (2, 6)).astype(np.int32))
+  mask = jnp.asarray((np.arange(6) < np.array([[6], [4]])).astype(np.float32))
+  whole = lambda h, w: losses.cross_entropy_and_hits(h @ w, targets, mask)  # noqa: E731
+  chunked = lambda h, w: losses.chunked_cross_entropy_and_hits(h, lambda x: x @ w, targets, mask, chunk)  # noqa: E731
+  want, got = whole(h, w), jax.jit(chunked)(h, w)
+  np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
+  assert (float(got[1]), float(got[2])) == (float(want[1]), float(want[2])) == (10.0, float(want[2]))
+  grads_want = jax.grad(lambda h, w: whole(h, w)[0], argnums=(0, 1))(h, w)
+  grads_got = jax.grad(lambda h, w: chunked(h, w)[0], argnums=(0, 1))(h, w)
+  for a, b in zip(grads_got, grads_want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(grads_got[0][1, 4:]).max()) == 0.0  # masked positions get no gradient
+
+
+def test_chunked_cross_entropy_needs_a_divisor_of_the_length():
+  with pytest.raises(ValueError, match="loss chunk 4 does not divide the sequence length 6"):
+    losses.chunked_cross_entropy_and_hits(jnp.zeros((1, 6, 2)), lambda x: x, jnp.zeros((1, 6), jnp.int32), None, 4)

@@ -1,18 +1,15 @@
 """`stage.run_stage`: done/skip, exact resume after preemption (pathlib or epath), meta refusal, multi-step iterations,
 `start`, `lower`; run outputs of a gs:// workdir through epath."""
 
-import contextlib
 import dataclasses
 import itertools
 import json
-import os
 import pathlib
 
 import jax
 import numpy as np
 import pytest
 from etils import epath
-from etils.epath import testing as epath_testing
 
 from jaxtextgan import errors, loop, stage, writers
 from jaxtextgan import sharding as shd
@@ -22,6 +19,7 @@ from jaxtextgan.models import gpt2
 from jaxtextgan.objectives import lm
 from jaxtextgan.tasks import common
 from jaxtextgan.tasks import lm as lm_task
+from cli_helpers import fake_bucket
 
 CFG = gpt2.GPT2Config(vocab_size=32, max_len=16, n_layer=1, d_model=16, n_head=2, d_ff=32, dropout=0.0)
 BATCH = 4
@@ -214,21 +212,6 @@ def test_lower_compiles_abstract_steps(base, mesh):
       k: (v.shape, v.dtype) for k, v in st.batch_spec.items()}
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves((state, batch, key)))
     assert fn.lower(*args).compile().cost_analysis() is not None
-
-
-@contextlib.contextmanager
-def fake_bucket(root):
-  """gs://bucket/... served from the folder `root` by epath's backend: what goes through epath lands there, while a
-  write that bypasses epath (open, pathlib) would make a local 'gs:' folder instead."""
-  def local(path):
-    path = os.fspath(path)
-    return os.fspath(root / path[len("gs://bucket/"):]) if path.startswith("gs://bucket/") else path
-
-  one = lambda fn, path, *args, **kwargs: fn(local(path), *args, **kwargs)
-  two = lambda fn, path, dst, *args, **kwargs: fn(local(path), local(dst), *args, **kwargs)
-  names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rmtree", "stat", "walk")
-  with epath_testing.mock_epath(copy=two, rename=two, replace=two, **{name: one for name in names}):
-    yield
 
 
 def test_run_outputs_go_to_a_gs_workdir_through_epath(tmp_path, monkeypatch):

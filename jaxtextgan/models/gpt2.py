@@ -56,6 +56,7 @@ class GPT2Config:
   param_dtype: str = "float32"
   remat: bool = False
   scan_layers: bool = True
+  loss_chunk: int = 0  # > 0: the LM loss makes logits this many positions at a time (losses.chunked_cross_entropy)
 
   def __post_init__(self):
     if self.d_model % self.n_head:
@@ -64,6 +65,8 @@ class GPT2Config:
       raise ValueError(f"norm={self.norm!r}: use 'layernorm' or 'rmsnorm'")
     if self.position not in ("learned", "relative"):
       raise ValueError(f"position={self.position!r}: use 'learned' or 'relative'")
+    if self.loss_chunk < 0:
+      raise ValueError(f"loss_chunk={self.loss_chunk} is negative: use 0 (whole sequence) or a divisor of seq_len")
     as_dtype(self.dtype), as_dtype(self.param_dtype)
 
   @property
@@ -277,12 +280,9 @@ class GPT2(nnx.Module):
       logits_BTV = logits_BTV + self.out_bias[...].astype(jnp.float32)
     return logits_BTV
 
-  def __call__(self, inputs: Array, *, positions_T: Array | None = None, dropout_key: Array | None = None,
-               cache: dict | None = None, cache_index=0, return_hidden: bool = False):
-    """Returns fp32 logits (B,T,V), and the new cache when one is given.
-
-    `cache_index` is where this chunk starts in the cache; positions default to cache_index + arange(T).
-    """
+  def hidden(self, inputs: Array, *, positions_T: Array | None = None, dropout_key: Array | None = None,
+             cache: dict | None = None, cache_index=0):
+    """(final-normed hidden states (B,T,D), new cache or None): `__call__` without the output projection."""
     t = inputs.shape[1]
     if positions_T is None:
       positions_T = cache_index + jnp.arange(t)
@@ -290,7 +290,16 @@ class GPT2(nnx.Module):
       raise ValueError(f"sequence length {t} exceeds max_len={self.cfg.max_len}")
     keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
     x_BTD = self.embed(inputs, positions_T, keys[0])
-    h_BTD, new_cache = self.backbone(x_BTD, positions_T, cache=cache, cache_index=cache_index, dropout_key=keys[1])
+    return self.backbone(x_BTD, positions_T, cache=cache, cache_index=cache_index, dropout_key=keys[1])
+
+  def __call__(self, inputs: Array, *, positions_T: Array | None = None, dropout_key: Array | None = None,
+               cache: dict | None = None, cache_index=0, return_hidden: bool = False):
+    """Returns fp32 logits (B,T,V), and the new cache when one is given.
+
+    `cache_index` is where this chunk starts in the cache; positions default to cache_index + arange(T).
+    """
+    h_BTD, new_cache = self.hidden(inputs, positions_T=positions_T, dropout_key=dropout_key, cache=cache,
+                                   cache_index=cache_index)
     logits_BTV = self.logits(h_BTD)
     out = (logits_BTV, h_BTD) if return_hidden else logits_BTV
     if cache is not None:

@@ -34,14 +34,21 @@ def init_state(model_cfg: gpt2.GPT2Config, opt_cfg, rng, mesh):
 
 
 def lm_loss(params, graphdef, batch, dropout_key):
-  """Mean token NLL over counted positions, and (nll_sum, correct, count) for metrics."""
+  """Mean token NLL over counted positions, and (nll_sum, correct, count) for metrics; with `model.loss_chunk`
+  the logits are made that many positions at a time (`losses.chunked_cross_entropy_and_hits`)."""
   model = nnx.merge(graphdef, params)
-  logits_BTV = model(batch["inputs"], dropout_key=dropout_key)
   mask_BT = batch.get("mask")
   if mask_BT is not None and mask_BT.ndim == 1:  # a row mask from padded evaluation batches
     mask_BT = jnp.broadcast_to(mask_BT[:, None], batch["targets"].shape)
-  # One max over the vocabulary serves the softmax and the accuracy (results/perf.md).
-  nll_sum, count, correct = losses.cross_entropy_and_hits(logits_BTV, batch["targets"], mask_BT)
+  chunk = model.cfg.loss_chunk
+  if chunk and chunk < batch["inputs"].shape[1]:
+    h_BTD, _ = model.hidden(batch["inputs"], dropout_key=dropout_key)
+    nll_sum, count, correct = losses.chunked_cross_entropy_and_hits(h_BTD, model.logits, batch["targets"], mask_BT,
+                                                                    chunk)
+  else:
+    # One max over the vocabulary serves the softmax and the accuracy (results/perf.md).
+    nll_sum, count, correct = losses.cross_entropy_and_hits(model(batch["inputs"], dropout_key=dropout_key),
+                                                            batch["targets"], mask_BT)
   return nll_sum / jnp.maximum(count, 1.0), (nll_sum, correct, count)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import pathlib
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxtextgan import checkpoint, evaluation, prepare, stage, training, writers
 from jaxtextgan import tokenizers as tok
@@ -50,11 +50,11 @@ _NON_ARCH_FIELDS = ("dropout", "remat", "dtype")
 
 def _init_lm_tokenizer(cfg) -> tok.Tokenizer:
   """The tokenizer of the LM workdir named by `init_lm.workdir`: its vocabulary is the one to use."""
-  saved = pathlib.Path(cfg.init_lm.workdir) / "tokenizer"
+  saved = writers.workdir_path(cfg.init_lm.workdir) / "tokenizer"
   if not saved.is_dir():
     raise InputError(f"init_lm.workdir={cfg.init_lm.workdir} has no tokenizer/ folder: point it to an LM workdir "
                      "(python -m jaxtextgan.main --config=configs/lm.py) or leave it empty to train stage 1 here")
-  return tok.load_tokenizer(saved)
+  return common.load_tokenizer_dir(saved)
 
 
 def load_data(run: common.Run) -> corpus.Corpus:
@@ -95,7 +95,7 @@ def check_architecture(meta: dict, model_cfg: gpt2.GPT2Config, where: str, fix: 
     raise InputError(f"checkpoint {where} holds a model of another architecture ({detail}): {fix}")
 
 
-def restore_params(ckpt_dir: pathlib.Path, model_cfg: gpt2.GPT2Config, mesh, step: int):
+def restore_params(ckpt_dir: epath.Path, model_cfg: gpt2.GPT2Config, mesh, step: int):
   """Only the parameters of a saved TrainState (any optimizer), placed with this mesh's shardings."""
   abstract, shardings = dfine.param_shardings(model_cfg, mesh)
   target = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
@@ -188,7 +188,7 @@ def check_options(config) -> list[tuple[str, str]]:
   return runs
 
 
-def plan(config, mesh, vocab: int, data: corpus.Corpus | None = None, workdir: pathlib.Path | None = None) -> Plan:
+def plan(config, mesh, vocab: int, data: corpus.Corpus | None = None, workdir: epath.Path | None = None) -> Plan:
   """The Plan of `config` on `mesh` for a vocabulary of `vocab` words; data and workdir None for a dry run."""
   runs = check_options(config)
   lm_cfg, disc_cfg, ft_cfg = model_configs(config, vocab)
@@ -327,7 +327,7 @@ def dry_run_stages(config, mesh) -> list[stage.Stage]:
 # --- the command -----------------------------------------------------------------------------------------------
 
 
-def init_lm_checkpoint(cfg) -> tuple[pathlib.Path, int] | None:
+def init_lm_checkpoint(cfg) -> tuple[epath.Path, int] | None:
   """(checkpoint dir, newest step) of the existing LM named by `init_lm.workdir`, or None to train stage 1 here.
 
   Checked before anything is computed, so a wrong path fails at once.
@@ -335,7 +335,7 @@ def init_lm_checkpoint(cfg) -> tuple[pathlib.Path, int] | None:
   init_dir = cfg.init_lm.workdir
   if not init_dir:
     return None
-  ckpt_dir = pathlib.Path(init_dir) / "checkpoints"
+  ckpt_dir = writers.workdir_path(init_dir) / "checkpoints"  # local or gs://, as any workdir
   if not ckpt_dir.is_dir() or not any(q.name.isdigit() for q in ckpt_dir.iterdir()):
     raise InputError(f"init_lm.workdir={init_dir} has no stage-1 LM checkpoint in {ckpt_dir}: train it first "
                      "(python -m jaxtextgan.main --config=configs/lm.py --workdir=...) or leave init_lm.workdir "

@@ -148,7 +148,7 @@ def run(config, workdir) -> dict:
     for seed in config.seeds.get(source, ()):
       by_run[f"{source}_s{seed}"], lm_refs[f"{source}_s{seed}"] = one_source_seed(config, r, source, int(seed))
   wall = time.perf_counter() - t0
-  out = pathlib.Path(config.results)
+  out = writers.workdir_path(config.results)  # local or gs://, as the workdir
   md = report(config, by_run, wall, lm_refs)
   if jax.process_index() == 0:
     out.parent.mkdir(parents=True, exist_ok=True)
