@@ -74,3 +74,35 @@ def test_fsdp_keeps_activations_batch_sharded(scan_layers):
 def test_constrain_batch_outside_a_mesh_is_the_identity():
   x = jax.numpy.ones((4, 3))
   assert shd.constrain_batch(x) is x
+
+
+def _dropout_mask(mesh, key):
+  """layers.dropout's keep mask of a (16, 4, 8) batch-major value, jitted under `mesh` as a training step is."""
+  from jaxtextgan.models import layers
+
+  def mask(key):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return layers.dropout(jax.numpy.ones((16, 4, 8)), 0.5, key) > 0
+
+  jitted = jax.jit(mask, out_shardings=shd.batch_sharding(mesh, 3))
+  lines = [line for line in jitted.lower(key).as_text().splitlines() if "rng_bit_generator" in line]
+  return jitted(key), "\n".join(lines)
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 4, 2)])
+def test_rbg_dropout_bits_are_drawn_per_batch_shard(mesh_shape):
+  """rbg keys (TPU's hardware bits): batch shard i draws its rows from fold_in(key, i), so the compiled program
+  makes words for 16 / shards rows, not for the global batch on every device (results/tpu.md, v5e-256)."""
+  mesh = shd.make_mesh(mesh_shape)
+  shards = mesh_shape[0] * mesh_shape[1]
+  key = jax.random.key(3, impl="unsafe_rbg")
+  keep, rng_ops = _dropout_mask(mesh, key)
+  rows = 16 // shards
+  want = jax.numpy.concatenate([jax.random.bernoulli(jax.random.fold_in(key, i), 0.5, (rows, 4, 8))
+                                for i in range(shards)])
+  assert (keep == want).all() and 0.3 < float(keep.mean()) < 0.7
+  # The program's RngBitGenerator makes one shard's words (XLA would not split a global-shape one).
+  assert f"tensor<{rows}x4x8xui32>" in rng_ops and "tensor<16x4x8xui32>" not in rng_ops
+  # Threefry keys keep the plain draw: the same mask on any mesh.
+  threefry = jax.random.key(3)
+  assert (_dropout_mask(mesh, threefry)[0] == jax.random.bernoulli(threefry, 0.5, (16, 4, 8))).all()

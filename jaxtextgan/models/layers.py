@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtextgan import sharding as shd
+
 Array = jax.Array
 
 _default_kernel_init = nnx.initializers.normal(stddev=0.02)
@@ -31,7 +33,7 @@ def dropout(x: Array, rate: float, key: Array | None) -> Array:
   """Inverted dropout; identity when `key` is None (evaluation) or rate is 0."""
   if key is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  keep = shd.bernoulli(key, 1.0 - rate, x.shape)  # rbg keys: each batch shard draws only its rows
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
