@@ -42,8 +42,7 @@ _MAX_BATCH = flags.DEFINE_bool("max_batch", False, "With --dry_run --topology: s
 _PRNG_IMPL = flags.DEFINE_enum("prng_impl", None, ["threefry2x32", "rbg", "unsafe_rbg"],
                                "Generator of every random key (init, dropout, noise); default JAX's threefry2x32. "
                                "TPUs make rbg/unsafe_rbg bits in hardware: on v5e, threefry's dropout bits need "
-                               "about 7 GiB more per chip at 8 sequences of 1,024, but rbg's are drawn for the "
-                               "global batch on every chip, so large slices keep threefry (results/tpu.md). Another "
+                               "about 7 GiB more per chip at 8 sequences of 1,024 (results/tpu.md). Another "
                                "generator draws other random numbers: resume a run with the one it started with.")
 
 
